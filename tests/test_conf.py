@@ -1,0 +1,87 @@
+"""The Hydra config tree: every file composes, recipes and READMEs agree, typos fail with Hydra's message."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF_DIR, REPO
+from xlmtrain.cli.train import conf_dir
+from xlmtrain.objectives.streams import StreamSpec
+
+RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF_DIR.iterdir() if g.is_dir() and g.name != "recipe"}
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("xlmtrain", overrides=overrides)
+
+
+def test_conf_dir_is_found() -> None:
+    assert conf_dir() == CONF_DIR
+
+
+def test_shipped_recipes() -> None:
+    assert {"clm", "mlm", "tlm", "mlm_tlm"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_composes_and_builds(recipe: str) -> None:
+    cfg = _compose([f"+recipe={recipe}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.objective.name == recipe and cfg.run_dir == f"runs/{recipe}"
+    for stream in cfg.objective.streams:
+        StreamSpec(**{**stream, "langs": "en-fr" if "-" in stream.langs else "en"})
+    optimizer = hydra.utils.instantiate(cfg.optim.optimizer)
+    assert optimizer.func.__name__ == "AdamW"
+    for cb in cfg.callbacks.values():
+        hydra.utils.instantiate(cb)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts if g != "hydra"])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    cfg = _compose([f"{group}={option}"])
+    OmegaConf.resolve(cfg)
+
+
+def test_every_yaml_starts_with_its_command() -> None:
+    for path in CONF_DIR.rglob("*.yaml"):
+        header = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line)
+        assert any("python -m xlmtrain" in line for line in header), f"{path}: no command comment at the top"
+
+
+def test_override_typo_fails_with_hydra_message() -> None:
+    with pytest.raises(ConfigCompositionException, match="Could not override 'trainer.max_step'"):
+        _compose(["trainer.max_step=10"])
+    with pytest.raises(ConfigCompositionException, match="Could not find 'recipe/tlmm'"):
+        _compose(["+recipe=tlmm"])
+
+
+def test_lightning_names_and_run_dir() -> None:
+    cfg = _compose(["+recipe=mlm_tlm", "run_dir=/scratch/r1", "trainer=ddp"])
+    OmegaConf.resolve(cfg)
+    for key in ("max_steps", "log_every_n_steps", "devices", "num_nodes", "strategy", "precision",
+                "gradient_clip_val", "accumulate_grad_batches"):  # fmt: skip
+        assert key in cfg.trainer
+    assert cfg.trainer.strategy == "ddp"
+    assert cfg.callbacks.last.dirpath == "/scratch/r1/checkpoints"
+    assert cfg.callbacks.last.every_n_train_steps == cfg.checkpoint.every_n_train_steps
+    assert "${now:" not in (CONF_DIR / "hydra" / "default.yaml").read_text()
+
+
+def test_readme_recipes_exist() -> None:
+    readmes = list((REPO / "recipes").rglob("README.md")) + [p for p in (REPO / "README.md",) if p.is_file()]
+    quoted = {m for p in readmes for m in re.findall(r"\+recipe=([A-Za-z0-9_]+)", p.read_text())}
+    assert quoted, "the recipe READMEs quote +recipe=NAME commands"
+    assert quoted <= set(RECIPES), f"READMEs quote unknown recipes: {quoted - set(RECIPES)}"

@@ -1,0 +1,109 @@
+"""End-to-end pretraining through the Hydra config: tiny runs, outputs, transformers parity, exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONF_DIR
+from xlmtrain.cli.train import build, read_metrics, train
+from xlmtrain.objectives.batches import concat_pair
+
+TINY = [
+    "model.emb_dim=32",
+    "model.n_heads=2",
+    "data.batching.batch_size=8",
+    "data.batching.bptt=32",
+    "data.batching.valid_max_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "optim.optimizer.lr=3e-3",
+    "optim.scheduler.warmup_steps=5",
+]
+
+
+def _cfg(prep: Path, run_dir: Path, recipe: str, *extra: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "xlmtrain",
+            overrides=[f"+recipe={recipe}", f"data.dir={prep}", f"run_dir={run_dir}", *TINY, *extra],
+        )
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["train_loss"] for r in read_metrics(run_dir / "metrics.csv") if "train_loss" in r]
+
+
+def _check_loss_falls(run_dir: Path) -> None:
+    losses = _losses(run_dir)
+    assert len(losses) >= 20
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.3, f"loss did not fall: {first:.3f} -> {last:.3f}"
+
+
+def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path: Path) -> None:
+    from transformers import XLMWithLMHeadModel
+
+    run = tmp_path / "run"
+    cfg = _cfg(synthetic_prep, run, "tlm", "trainer.max_steps=40", "trainer.val_check_interval=20")
+    summary = train(cfg)
+    assert summary["steps"] == 40
+    _check_loss_falls(run)
+    for name in ("checkpoints/last.ckpt", "metrics.csv", "training_curves.png", "model/config.json",
+                 "model/model.safetensors", "model/vocab.json", "model/merges.txt", "model/tokenizer_config.json"):  # fmt: skip
+        assert (run / name).is_file(), name
+    rows = read_metrics(run / "metrics.csv")
+    assert any("valid_io-vo_tlm_ppl" in r and "valid_io-vo_tlm_acc" in r for r in rows)
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+
+    # Same logits from the Lightning module's model and from transformers on a TLM batch.
+    module, _, data = build(_cfg(synthetic_prep, tmp_path / "unused", "tlm"))
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+    module.load_state_dict(state)
+    module.eval()
+    hf = XLMWithLMHeadModel.from_pretrained(run / "model").eval()
+    c1, c2 = data.parallel("valid", "io", "vo")
+    x1 = torch.nn.utils.rnn.pad_sequence([torch.tensor([1, *c1[i].tolist(), 1]) for i in range(3)], batch_first=True, padding_value=2)
+    x2 = torch.nn.utils.rnn.pad_sequence([torch.tensor([1, *c2[i].tolist(), 1]) for i in range(3)], batch_first=True, padding_value=2)
+    len1 = torch.tensor([len(c1[i]) + 2 for i in range(3)])
+    len2 = torch.tensor([len(c2[i]) + 2 for i in range(3)])
+    pair = concat_pair(x1, len1, x2, len2, lang1_id=data.lang2id["io"], lang2_id=data.lang2id["vo"], pad_index=2)
+    with torch.no_grad():
+        ours = module.model(pair.ids, langs=pair.langs, position_ids=pair.positions, lengths=pair.lengths).logits
+        theirs = hf(pair.ids, langs=pair.langs, position_ids=pair.positions, lengths=pair.lengths).logits
+    real = torch.arange(pair.ids.shape[1])[None, :] < pair.lengths[:, None]
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["clm", "mlm", "mlm_tlm"])
+def test_every_recipe_loss_falls(synthetic_prep: Path, tmp_path: Path, recipe: str) -> None:
+    train(_cfg(synthetic_prep, tmp_path / recipe, recipe, "trainer.max_steps=60", "trainer.val_check_interval=30",
+               "export=false"))  # fmt: skip
+    _check_loss_falls(tmp_path / recipe)
+    rows = read_metrics(tmp_path / recipe / "metrics.csv")
+    expected = {"clm": ["valid_io_clm_ppl", "valid_clm_ppl"], "mlm": ["valid_vo_mlm_acc", "valid_mlm_ppl"],
+                "mlm_tlm": ["valid_io_mlm_ppl", "valid_io-vo_tlm_acc", "valid_mlm_acc"]}[recipe]  # fmt: skip
+    for name in expected:
+        assert any(name in r for r in rows), name
+
+
+def test_resume_is_exact(synthetic_prep: Path, tmp_path: Path) -> None:
+    """20 + 20 steps with a restart in between give the weights of 40 uninterrupted steps."""
+    common = ("model.dropout=0", "model.attention_dropout=0", "export=false", "trainer.val_check_interval=1000",
+              "checkpoint.every_n_train_steps=20")  # fmt: skip
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(_cfg(synthetic_prep, whole, "mlm_tlm", "trainer.max_steps=40", *common))
+    train(_cfg(synthetic_prep, split, "mlm_tlm", "trainer.max_steps=20", *common))
+    train(_cfg(synthetic_prep, split, "mlm_tlm", "trainer.max_steps=40", *common))
+    a = torch.load(whole / "checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(split / "checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 40
+    assert a["xlmtrain_batches"] == b["xlmtrain_batches"]
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(value, b["state_dict"][key], rtol=0, atol=0, msg=key)
+    assert len(_losses(split)) == len(_losses(whole)), "metrics.csv keeps the first half after the restart"

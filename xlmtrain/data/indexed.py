@@ -1,0 +1,124 @@
+"""Memory-mapped binarised corpora (XLM's stream layout, no pickles).
+
+A corpus `prefix` is three files:
+- `prefix.json`: the versioned header `{"format": "xlmtrain-indexed", "version": 1, "dtype", "n_sentences",
+  "n_tokens"}`;
+- `prefix.tokens`: the flat token ids, every sentence followed by `</s>` (id 1): `s1 </s> s2 </s> ...`;
+  dtype uint16 when the vocabulary has fewer than 65,536 words, else int32 (XLM's rule);
+- `prefix.offsets`: int64, `n_sentences + 1` entries; sentence i is `tokens[offsets[i] : offsets[i+1] - 1]`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "xlmtrain-indexed"
+VERSION = 1
+EOS_INDEX = 1
+
+
+class IndexedCorpusWriter:
+    """Appends sentences (or whole pre-built chunks) to a new corpus at `prefix`; `close()` writes the header."""
+
+    def __init__(self, prefix: str | Path, dtype: str) -> None:
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        self._tokens = open(f"{prefix}.tokens", "wb")
+        self._offsets = open(f"{prefix}.offsets", "wb")
+        self._offsets.write(np.zeros(1, dtype=np.int64).tobytes())
+        self.n_sentences = 0
+        self.n_tokens = 0
+
+    def add_chunk(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append sentences given as a flat array (each sentence followed by `</s>`) and their lengths
+        (without `</s>`)."""
+        ends = self.n_tokens + np.cumsum(np.asarray(lengths, dtype=np.int64) + 1)
+        self._tokens.write(np.asarray(tokens, dtype=self.dtype).tobytes())
+        self._offsets.write(ends.tobytes())
+        self.n_sentences += len(lengths)
+        self.n_tokens += int(len(tokens))
+
+    def add(self, ids: list[int]) -> None:
+        """Append one sentence (without `</s>`)."""
+        self.add_chunk(np.asarray([*ids, EOS_INDEX]), np.asarray([len(ids)]))
+
+    def close(self) -> None:
+        self._tokens.close()
+        self._offsets.close()
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": self.dtype.name,
+            "n_sentences": self.n_sentences,
+            "n_tokens": self.n_tokens,
+        }
+        Path(f"{self.prefix}.json").write_text(json.dumps(header, indent=1) + "\n")
+
+    def __enter__(self) -> IndexedCorpusWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class IndexedCorpus:
+    """Read-only memory-mapped corpus. Opening it reads only the header; token pages load on access.
+
+    `len()` is the number of sentences, `corpus[i]` the ids of sentence i without `</s>`, `.tokens` the flat
+    stream (with `</s>` after each sentence), `.offsets` the `n+1` sentence starts, `.lengths` the sentence
+    lengths without `</s>`. Pickles as its path: a DataLoader worker reopens the mmap.
+    """
+
+    def __init__(self, prefix: str | Path) -> None:
+        """Raises FileNotFoundError / ValueError naming the header file when it is missing or not ours."""
+        self.prefix = Path(prefix)
+        header_path = Path(f"{prefix}.json")
+        if not header_path.is_file():
+            raise FileNotFoundError(f"{header_path}: no corpus header (is {prefix} a preprocessed corpus?)")
+        header = json.loads(header_path.read_text())
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise ValueError(
+                f"{header_path}: format {header.get('format')!r} version {header.get('version')!r}, "
+                f"expected {FORMAT!r} version {VERSION}"
+            )
+        self.header = header
+        n, t = header["n_sentences"], header["n_tokens"]
+        self.tokens = self._map(f"{prefix}.tokens", header["dtype"], t)
+        self.offsets = self._map(f"{prefix}.offsets", "int64", n + 1)
+
+    @staticmethod
+    def _map(path: str, dtype: str, count: int) -> np.ndarray:
+        size = Path(path).stat().st_size
+        if size != count * np.dtype(dtype).itemsize:
+            raise ValueError(f"{path}: {size} bytes, header says {count} x {dtype}")
+        if count == 0:  # np.memmap cannot map an empty file
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sentence {i} out of range for {len(self)} sentences in {self.prefix}")
+        i %= len(self)
+        return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1] - 1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sentence lengths without `</s>` (an in-RAM int64 array of `len(self)` entries)."""
+        return np.diff(self.offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the stream, `</s>` included."""
+        return int(self.header["n_tokens"])
+
+    def __reduce__(self) -> tuple:
+        return (IndexedCorpus, (str(self.prefix),))
+
+    def __repr__(self) -> str:
+        return f"IndexedCorpus({str(self.prefix)!r}, sentences={len(self)}, tokens={self.n_tokens})"

@@ -1,0 +1,302 @@
+"""Batch sources of pretraining: the seeded stream mixture (training) and deterministic validation.
+
+Both turn the data pipeline's iterators (`StreamBatches` for monolingual streams, `ParallelBatches`
+for pairs) into `LMBatch`es for the stream's objective. All randomness is derived from counters, not
+from running generator state: the stream of training batch `k` is drawn with a generator seeded by
+`(seed, k)`, its masking with `(seed, k, rank)`, validation masking with `(eval_seed, stream, batch)`.
+So the state of a run is the batch counter plus the data iterators' `{epoch, position}`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from xlmtrain.data.indexed import IndexedCorpus
+from xlmtrain.data.streams import ParallelBatches, StreamBatches
+from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, next_token_targets
+from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
+from xlmtrain.objectives.streams import StreamMixture, StreamSpec
+
+_KEEP_STATES = 64  # states of recent batches kept for checkpointing; far above Lightning's prefetch depth
+
+
+class CorpusSource(Protocol):
+    """What the batch sources need from preprocessed data (`xlmtrain.data.preprocessed.PreprocessedData`)."""
+
+    lang2id: dict[str, int]
+
+    def mono(self, split: str, lang: str) -> IndexedCorpus: ...
+
+    def parallel(self, split: str, lang1: str, lang2: str) -> tuple[IndexedCorpus, IndexedCorpus]: ...
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How batches are cut.
+
+    Attributes:
+        batch_size: rows per batch (stream columns for monolingual streams, sentence pairs for pairs).
+        bptt: tokens per row of a monolingual stream batch.
+        tokens_per_batch: token budget of a pair batch instead of `batch_size` (None: use batch_size).
+        max_len: pairs with a side longer than this (BPE tokens) are left out of training.
+        group_by_size: sort pairs by length before cutting batches (less padding).
+        valid_batch_size: rows per validation batch.
+        valid_max_batches: validation batches per stream (None: the whole valid split).
+    """
+
+    batch_size: int = 32
+    bptt: int = 256
+    tokens_per_batch: int | None = None
+    max_len: int = 100
+    group_by_size: bool = True
+    valid_batch_size: int = 16
+    valid_max_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "bptt", "max_len", "valid_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data.batching.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class MaskingSettings:
+    """MLM/TLM corruption (XLM's `--word_pred`, `--word_mask_keep_rand`, `--sample_alpha`).
+
+    Attributes:
+        word_pred: fraction of tokens to predict.
+        keep_rand: probabilities of replacing a target by the mask token, keeping it, or a random id.
+        sample_alpha: 0: Bernoulli targets; > 0: exact-count targets weighted by `count^-sample_alpha`.
+        eval_seed: seed of the deterministic validation masking.
+    """
+
+    word_pred: float = 0.15
+    keep_rand: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    sample_alpha: float = 0.0
+    eval_seed: int = 0
+
+
+@dataclass
+class TrainItem:
+    """One training batch: `batch` from stream `stream`, loss coefficient `lam`, global batch counter `index`."""
+
+    batch: LMBatch
+    stream: int
+    lam: float
+    index: int
+
+
+@dataclass
+class ValidItem:
+    """One validation batch of stream `stream`."""
+
+    batch: LMBatch
+    stream: int
+
+
+def _generator(*key: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _pair_corpora(data: CorpusSource, split: str, spec: StreamSpec) -> tuple[IndexedCorpus, IndexedCorpus]:
+    lang1, lang2 = spec.lang_list
+    return data.parallel(split, lang1, lang2)
+
+
+class _Builder:
+    """Turns raw iterator output into the `LMBatch` of a stream's objective."""
+
+    def __init__(self, data: CorpusSource, n_words: int, mask_index: int, pad_index: int) -> None:
+        self.lang2id = data.lang2id
+        self.n_words, self.mask_index, self.pad_index = n_words, mask_index, pad_index
+
+    def layout(self, spec: StreamSpec, raw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """`(ids, lengths, positions or None, langs)` of a raw batch."""
+        if spec.is_pair:
+            (x1, len1), (x2, len2) = raw
+            lang1, lang2 = spec.lang_list
+            pair = concat_pair(
+                x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2], pad_index=self.pad_index
+            )
+            return pair.ids, pair.lengths, pair.positions, pair.langs
+        x, lengths = raw
+        return x, lengths, None, constant_langs(x, self.lang2id[spec.langs])
+
+    def clm(self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor) -> LMBatch:
+        pred_mask, targets = next_token_targets(ids, lengths)
+        return LMBatch(ids, lengths, positions, langs, pred_mask, targets, causal=True)
+
+
+class PretrainBatches:
+    """Infinite iterable of `TrainItem`s drawn from a `StreamMixture`; resumable via `state_after`/`load_state_dict`."""
+
+    def __init__(
+        self,
+        specs: Sequence[StreamSpec],
+        data: CorpusSource,
+        *,
+        n_words: int,
+        counts: Sequence[int],
+        batching: BatchSettings,
+        masking: MaskingSettings,
+        lg_sampling_factor: float = -1.0,
+        seed: int = 0,
+        mask_index: int = 5,
+        pad_index: int = 2,
+    ) -> None:
+        """
+        Args:
+            specs: the training streams.
+            data: preprocessed corpora (`mono`, `parallel`, `lang2id`).
+            n_words: vocabulary size (random replacement range).
+            counts: per-id corpus counts of the dictionary (for `sample_alpha`).
+            batching, masking: see `BatchSettings`, `MaskingSettings`.
+            lg_sampling_factor: alpha of language sampling inside a stream group (< 0: follow weights only).
+            seed: seed of stream choice, masking and data order.
+        """
+        self.specs = list(specs)
+        self.data, self.batching, self.masking, self.seed = data, batching, masking, seed
+        self.builder = _Builder(data, n_words, mask_index, pad_index)
+        self.token_weights = (
+            sampling_weights(torch.tensor(list(counts)), masking.sample_alpha) if masking.sample_alpha > 0 else None
+        )
+        sizes = {
+            spec.name: len(_pair_corpora(data, "train", spec)[0] if spec.is_pair else data.mono("train", spec.langs))
+            for spec in self.specs
+        }
+        self.mixture = StreamMixture(self.specs, sizes, lg_sampling_factor)
+        self.rank, self.world_size, self.accumulate = 0, 1, 1
+        self._iterators: list[Any] = []
+        self._next_index = 0
+        self._states: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.configure()
+
+    def configure(self, rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
+        """(Re)build the per-stream iterators for this rank; resets positions (load a state afterwards)."""
+        self.rank, self.world_size, self.accumulate = rank, world_size, max(1, int(accumulate))
+        b = self.batching
+        self._iterators = []
+        for i, spec in enumerate(self.specs):
+            common = dict(seed=self.seed + i, rank=rank, world_size=world_size, shuffle=True)
+            if spec.is_pair:
+                c1, c2 = _pair_corpora(self.data, "train", spec)
+                sizing = {"tokens_per_batch": b.tokens_per_batch} if b.tokens_per_batch else {"batch_size": b.batch_size}
+                it = ParallelBatches(c1, c2, max_len=b.max_len, group_by_size=b.group_by_size, **sizing, **common)
+            else:
+                it = StreamBatches(self.data.mono("train", spec.langs), b.bptt, b.batch_size, **common)
+            self._iterators.append(it)
+        self._next_index = 0
+        self._states.clear()
+
+    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch:
+        ids, lengths, positions, langs = self.builder.layout(spec, raw)
+        if spec.objective == "clm":
+            return self.builder.clm(ids, lengths, positions, langs)
+        m = self.masking
+        masked = mask_tokens(
+            ids,
+            lengths,
+            n_words=self.builder.n_words,
+            mask_index=self.builder.mask_index,
+            generator=generator,
+            word_pred=m.word_pred,
+            keep_rand=tuple(m.keep_rand),
+            token_weights=self.token_weights,
+        )
+        return LMBatch(masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False)
+
+    def __iter__(self) -> Iterator[TrainItem]:
+        while True:
+            k = self._next_index
+            step = k // self.accumulate
+            stream = self.mixture.draw(step, _generator(self.seed, k, 0))
+            spec = self.specs[stream]
+            batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1, self.rank))
+            self._next_index = k + 1
+            self._states[k] = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
+            while len(self._states) > _KEEP_STATES:
+                self._states.popitem(last=False)
+            yield TrainItem(batch=batch, stream=stream, lam=spec.schedule(step), index=k)
+
+    def state_after(self, index: int) -> dict[str, Any]:
+        """State that resumes right after training batch `index`; raises KeyError if it is too old."""
+        if index not in self._states:
+            raise KeyError(f"no saved batch state for batch {index} (kept: {list(self._states)[:1]}..)")
+        return self._states[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        """State of the next batch to be produced."""
+        return {"index": self._next_index, "streams": [it.state_dict() for it in self._iterators]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_after(...)` / `state_dict()` of a source built with the same arguments."""
+        if len(state["streams"]) != len(self._iterators):
+            raise ValueError(
+                f"checkpoint has batch state for {len(state['streams'])} streams, this run has {len(self._iterators)}"
+            )
+        self._next_index = int(state["index"])
+        for it, s in zip(self._iterators, state["streams"]):
+            it.load_state_dict(s)
+        self._states.clear()
+
+
+class ValidBatches:
+    """Finite iterable of `ValidItem`s: every stream's valid split in order, masked deterministically."""
+
+    def __init__(
+        self,
+        specs: Sequence[StreamSpec],
+        data: CorpusSource,
+        *,
+        n_words: int,
+        batching: BatchSettings,
+        masking: MaskingSettings,
+        split: str = "valid",
+        mask_index: int = 5,
+        pad_index: int = 2,
+    ) -> None:
+        """Validation of `specs` on `split` (`valid` or `test`); see `PretrainBatches` for the arguments."""
+        self.specs, self.data, self.split = list(specs), data, split
+        self.batching, self.masking = batching, masking
+        self.builder = _Builder(data, n_words, mask_index, pad_index)
+        self.rank, self.world_size = 0, 1
+
+    def configure(self, rank: int = 0, world_size: int = 1) -> None:
+        """Shard the validation batches over ranks."""
+        self.rank, self.world_size = rank, world_size
+
+    def _iterator(self, spec: StreamSpec) -> Any:
+        b = self.batching
+        common = dict(rank=self.rank, world_size=self.world_size, shuffle=False)
+        if spec.is_pair:
+            c1, c2 = _pair_corpora(self.data, self.split, spec)
+            return ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False, **common)
+        return StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, b.valid_batch_size, **common)
+
+    def __iter__(self) -> Iterator[ValidItem]:
+        limit = self.batching.valid_max_batches
+        for stream, spec in enumerate(self.specs):
+            for j, raw in enumerate(self._iterator(spec)):
+                if limit is not None and j >= limit:
+                    break
+                ids, lengths, positions, langs = self.builder.layout(spec, raw)
+                if spec.objective == "clm":
+                    batch = self.builder.clm(ids, lengths, positions, langs)
+                else:
+                    masked = mask_tokens_eval(
+                        ids,
+                        lengths,
+                        mask_index=self.builder.mask_index,
+                        generator=_generator(self.masking.eval_seed, stream, j, self.rank),
+                        word_pred=self.masking.word_pred,
+                    )
+                    batch = LMBatch(
+                        masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False
+                    )
+                yield ValidItem(batch=batch, stream=stream)

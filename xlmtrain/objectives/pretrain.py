@@ -1,0 +1,199 @@
+"""`PretrainModule`: CLM / MLM / TLM pretraining over a mixture of streams, as a LightningModule.
+
+Mapping XLM onto Lightning (reference §A4.1): in XLM every stream step is its own forward, backward
+and optimizer update. Here each Lightning training batch comes from one stream, drawn by
+`StreamMixture` with a seeded generator, and each Lightning step is one optimizer update (with
+`trainer.accumulate_grad_batches=k`, k draws are summed into one update, as XLM's accumulation).
+The loss is `lambda(step) * mean CE` over the predicted positions only (the model's `pred_mask` path).
+Batches, masking and stream choice are built by `PretrainBatches`; their random state is saved in the
+checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
+shift a resumed run.
+
+Validation runs every stream on its valid split with XLM's deterministic masking and logs
+`valid_<langs>_<objective>_{ppl,acc}` (e.g. `valid_en_mlm_ppl`, `valid_en-fr_tlm_acc`) plus
+token-weighted averages over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (as XLM,
+TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accuracy is a percentage
+(as XLM); perplexity is `exp` of the token-weighted mean CE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from xlmtrain.model.config import XLMConfig
+from xlmtrain.model.heads import XLMWithLMHead
+from xlmtrain.objectives.batches import LMBatch
+from xlmtrain.objectives.data import PretrainBatches, TrainItem, ValidBatches, ValidItem
+from xlmtrain.objectives.streams import StreamSpec
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+STATE_KEY = "xlmtrain_batches"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class PretrainModule(pl.LightningModule):
+    """A `XLMWithLMHead` trained on CLM/MLM/TLM streams; see the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        model_config: Mapping[str, Any],
+        streams: Sequence[Mapping[str, Any]],
+        *,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        train_batches: PretrainBatches | None = None,
+        valid_batches: ValidBatches | None = None,
+    ) -> None:
+        """
+        Args:
+            model_config: `XLMConfig.to_dict()` (saved as a hyperparameter so checkpoints rebuild the model).
+            streams: the `StreamSpec` fields of each training stream (saved as hyperparameters).
+            optimizer: `optimizer(params)` -> torch optimizer (a Hydra `_partial_` factory).
+            scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
+            train_batches: the training batch source (None when only loading weights or validating).
+            valid_batches: the validation batch source (None: no validation).
+        """
+        super().__init__()
+        self.save_hyperparameters(
+            {"model_config": dict(model_config), "streams": [dict(s) for s in streams]}
+        )
+        self.config = XLMConfig.from_dict(dict(model_config), source="model_config")
+        self.specs = [StreamSpec(**s) for s in streams]
+        self.model = XLMWithLMHead(self.config)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_batches = train_batches
+        self.valid_batches = valid_batches
+        self._pending_batch_state: dict[str, Any] | None = None
+        self._last_trained_index = -1
+        names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
+        self.valid_names = names
+        # Token-weighted means: one CE and one accuracy metric per stream and per average group.
+        groups = names + [g for g in ("mlm", "clm", "tlm") if any(self._group_of(n) == g for n in names)]
+        self.valid_ce = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
+        self.valid_acc = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
+
+    @staticmethod
+    def _group_of(name: str) -> str | None:
+        langs, objective = name.rsplit("_", 1)
+        if objective == "tlm":
+            return "tlm"
+        return None if "-" in langs else objective
+
+    def forward(self, batch: LMBatch) -> torch.Tensor:
+        """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
+        langs = batch.langs if self.config.n_langs > 1 else None
+        out = self.model(
+            batch.input_ids,
+            pred_mask=batch.pred_mask,
+            langs=langs,
+            position_ids=batch.positions,
+            lengths=batch.lengths,
+            causal=batch.causal,
+        )
+        return out.logits
+
+    def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
+        """`lambda * mean CE` of the drawn stream; raises `NonFiniteLossError` naming step and stream."""
+        spec = self.specs[item.stream]
+        logits = self(item.batch)
+        ce = F.cross_entropy(logits.float(), item.batch.targets)
+        if not torch.isfinite(ce):
+            raise NonFiniteLossError(
+                f"non-finite loss {ce.item()} at step {self.global_step} (batch {item.index}) on stream {spec.name}"
+            )
+        self._last_trained_index = item.index
+        bs = item.batch.input_ids.shape[0]
+        self.log(f"train_{spec.name}_loss", ce, on_step=True, on_epoch=False, batch_size=bs)
+        loss = item.lam * ce
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        return loss
+
+    def validation_step(self, item: ValidItem, batch_idx: int) -> None:
+        """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
+        name = self.valid_names[item.stream]
+        logits = self(item.batch).float()
+        targets = item.batch.targets
+        n = targets.numel()
+        ce = F.cross_entropy(logits, targets)
+        acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
+        for key in (name, self._group_of(name)):
+            if key is not None:
+                self.valid_ce[_key(key)].update(ce, weight=n)
+                self.valid_acc[_key(key)].update(acc, weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        for key, ce_metric in self.valid_ce.items():
+            if not ce_metric.update_called:
+                continue
+            name = _unkey(key)
+            ce = ce_metric.compute()
+            self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
+            self.log(f"valid_{name}_acc", self.valid_acc[key].compute(), sync_dist=True)
+            ce_metric.reset()
+            self.valid_acc[key].reset()
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer over all parameters and, if configured, a per-step LR scheduler."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def train_dataloader(self) -> PretrainBatches:
+        """The stream mixture itself (an iterable of `TrainItem`), positioned at the restored state."""
+        if self.train_batches is None:
+            raise RuntimeError("PretrainModule was built without train_batches")
+        self.train_batches.configure(
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
+            accumulate=self.trainer.accumulate_grad_batches,
+        )
+        if self._pending_batch_state is not None:
+            self.train_batches.load_state_dict(self._pending_batch_state)
+            self._pending_batch_state = None
+        return self.train_batches
+
+    def val_dataloader(self) -> ValidBatches | list:
+        """Deterministic validation batches of every stream (empty when none were given)."""
+        if self.valid_batches is None:
+            return []
+        self.valid_batches.configure(rank=self.global_rank, world_size=self.trainer.world_size)
+        return self.valid_batches
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the batch source's state as of the last trained batch (not the prefetched one)."""
+        if self.train_batches is not None and self._last_trained_index >= 0:
+            checkpoint[STATE_KEY] = self.train_batches.state_after(self._last_trained_index)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved batch state; it is applied when the training dataloader is built."""
+        self._pending_batch_state = checkpoint.get(STATE_KEY)
+
+
+def _key(name: str) -> str:
+    # ModuleDict keys cannot contain '.', and '-' is kept readable by swapping it.
+    return name.replace("-", "__")
+
+
+def _unkey(key: str) -> str:
+    return key.replace("__", "-")
+
+
+def perplexity(ce: float) -> float:
+    """`exp(ce)`, capped to avoid overflow in printed summaries."""
+    return math.exp(min(ce, 50.0))

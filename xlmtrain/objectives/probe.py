@@ -1,0 +1,53 @@
+"""Does a model use a translation in context? Masked-token accuracy in one language with and without the
+aligned sentence of the other language before it (the TLM layout), on the same deterministic masks.
+
+A TLM-trained model should gain from the context; an MLM-only model should not (it never saw pairs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xlmtrain.data.preprocessed import PreprocessedData
+from xlmtrain.data.streams import ParallelBatches
+from xlmtrain.model.heads import XLMWithLMHead
+from xlmtrain.objectives.batches import concat_pair, constant_langs
+from xlmtrain.objectives.masking import mask_tokens_eval
+
+
+@torch.no_grad()
+def context_accuracy(
+    model: XLMWithLMHead,
+    data: PreprocessedData,
+    context_lang: str,
+    target_lang: str,
+    *,
+    with_context: bool,
+    split: str = "valid",
+    batch_size: int = 32,
+    word_pred: float = 0.15,
+    seed: int = 0,
+) -> float:
+    """Accuracy (%) of predicting masked `target_lang` tokens of `split`, optionally with the
+    `context_lang` translation first (`</s> ctx </s> </s> masked target </s>`, positions restarting)."""
+    model.eval()
+    ctx_corpus, tgt_corpus = data.parallel(split, context_lang, target_lang)
+    batches = ParallelBatches(ctx_corpus, tgt_corpus, batch_size=batch_size, max_len=None, group_by_size=False, shuffle=False)
+    pad, mask_index = data.dictionary.pad_index, data.dictionary.mask_index
+    ctx_id, tgt_id = data.lang2id[context_lang], data.lang2id[target_lang]
+    use_langs = model.config.n_langs > 1
+    correct = total = 0
+    for j, ((xc, lc), (xt, lt)) in enumerate(batches):
+        masked = mask_tokens_eval(xt, lt, mask_index=mask_index, generator=torch.Generator().manual_seed(seed + j), word_pred=word_pred)
+        if with_context:
+            pair = concat_pair(xc, lc, masked.input_ids, lt, lang1_id=ctx_id, lang2_id=tgt_id, pad_index=pad)
+            # The same layout applied to the mask puts the target-side predictions at their new columns.
+            pred = concat_pair(torch.zeros_like(xc), lc, masked.pred_mask.long(), lt, lang1_id=0, lang2_id=0, pad_index=0)
+            ids, lengths, positions, langs, pred_mask = pair.ids, pair.lengths, pair.positions, pair.langs, pred.ids.bool()
+        else:
+            ids, lengths, positions, pred_mask = masked.input_ids, lt, None, masked.pred_mask
+            langs = constant_langs(ids, tgt_id)
+        out = model(ids, pred_mask=pred_mask, langs=langs if use_langs else None, position_ids=positions, lengths=lengths)
+        correct += int((out.logits.argmax(-1) == masked.targets).sum())
+        total += masked.targets.numel()
+    return 100.0 * correct / max(total, 1)

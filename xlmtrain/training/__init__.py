@@ -1,0 +1,1 @@
+"""Fault-tolerance pieces for training: atomic checkpoint IO, resume discovery, preemption handling."""

@@ -1,0 +1,81 @@
+"""Find the checkpoint a (re)started run should resume from, skipping damaged files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+from xlmtrain.training.checkpoint_io import load_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is truncated, damaged or not a Lightning checkpoint."""
+
+
+def validated_step(path: str | os.PathLike) -> int:
+    """Return the ``global_step`` stored in the Lightning checkpoint ``path`` after checking it.
+
+    Checks, in order: the zip container is complete (a truncated write loses the central directory
+    at the end), every member's CRC matches (``torch.load`` itself never checks them, so a flipped
+    byte in a tensor would load silently), and the pickled metadata loads with
+    ``weights_only=True`` and has Lightning's ``global_step`` and ``state_dict``. Tensor storages are
+    memory-mapped, so besides the CRC pass (one sequential read) this costs little memory.
+
+    Raises:
+        CorruptCheckpointError: naming the file and what is wrong with it.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+        if bad_member is not None:
+            raise CorruptCheckpointError(f"{path}: CRC mismatch in archive member {bad_member!r}")
+        checkpoint = load_checkpoint_file(path, mmap=True)
+    except CorruptCheckpointError:
+        raise
+    except Exception as error:  # any failure to read means "do not resume from this file"
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise CorruptCheckpointError(f"{path}: {type(error).__name__}: {first_line}") from error
+    missing = [key for key in ("global_step", "state_dict") if key not in checkpoint]
+    if missing:
+        raise CorruptCheckpointError(f"{path}: not a Lightning checkpoint (missing {', '.join(missing)})")
+    return int(checkpoint["global_step"])
+
+
+def find_resume_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """Return the newest valid checkpoint in ``ckpt_dir``, or ``None`` if there is none.
+
+    Candidates are all ``*.ckpt`` files directly in ``ckpt_dir`` (``last.ckpt``, Lightning's
+    ``hpc_ckpt_N.ckpt``, step/epoch checkpoints, the preemption checkpoint); hidden files, i.e. the
+    temporary files of an interrupted atomic write, are ignored. "Newest" means the highest
+    ``global_step`` stored in the file, ties broken by modification time. Every invalid candidate is
+    logged as a warning naming the file and the error, and never returned. A symlink (Lightning's
+    ``save_last="link"``) is returned as its target.
+
+    Args:
+        ckpt_dir: the run's checkpoint directory; a missing directory means a fresh run.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    best: tuple[int, float, Path] | None = None
+    seen: set[Path] = set()
+    for candidate in sorted(ckpt_dir.glob("*.ckpt")):
+        if candidate.name.startswith("."):
+            continue
+        target = candidate.resolve()
+        if target in seen or not target.is_file():
+            continue
+        seen.add(target)
+        try:
+            step = validated_step(target)
+        except CorruptCheckpointError as error:
+            log.warning("skipping corrupt checkpoint %s (%s)", candidate, error)
+            continue
+        key = (step, target.stat().st_mtime, target)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else best[2]
