@@ -92,6 +92,7 @@ def test_every_recipe_loss_falls(synthetic_prep: Path, tmp_path: Path, recipe: s
         assert any(name in r for r in rows), name
 
 
+@pytest.mark.slow
 def test_resume_is_exact(synthetic_prep: Path, tmp_path: Path) -> None:
     """20 + 20 steps with a restart in between give the weights of 40 uninterrupted steps."""
     common = ("model.dropout=0", "model.attention_dropout=0", "export=false", "trainer.val_check_interval=1000",

@@ -9,6 +9,7 @@ So the state of a run is the batch counter plus the data iterators' `{epoch, pos
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ class _Builder:
 
 
 class PretrainBatches:
-    """Infinite iterable of `TrainItem`s drawn from a `StreamMixture`; resumable via `state_after`/`load_state_dict`."""
+    """Infinite iterable of `TrainItem`s drawn from a `StreamMixture`; resumable via `state_after`/`restore`."""
 
     def __init__(
         self,
@@ -193,6 +194,7 @@ class PretrainBatches:
             self._iterators.append(it)
         self._next_index = 0
         self._states.clear()
+        self._start = self.next_state()
 
     def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch:
         ids, lengths, positions, langs = self.builder.layout(spec, raw)
@@ -212,6 +214,9 @@ class PretrainBatches:
         return LMBatch(masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False)
 
     def __iter__(self) -> Iterator[TrainItem]:
+        # Every new iteration starts at the configured/restored position, so an iterator that is built,
+        # prefetched from and discarded never shifts the data of the one that trains.
+        self._apply(self._start)
         while True:
             k = self._next_index
             step = k // self.accumulate
@@ -230,16 +235,23 @@ class PretrainBatches:
             raise KeyError(f"no saved batch state for batch {index} (kept: {list(self._states)[:1]}..)")
         return self._states[index]
 
-    def state_dict(self) -> dict[str, Any]:
-        """State of the next batch to be produced."""
+    def next_state(self) -> dict[str, Any]:
+        """State of the next batch to be produced (ahead of training by Lightning's prefetch).
+
+        Deliberately not named `state_dict`: Lightning would then save this prefetch-shifted state itself.
+        """
         return {"index": self._next_index, "streams": [it.state_dict() for it in self._iterators]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from `state_after(...)` / `state_dict()` of a source built with the same arguments."""
+    def restore(self, state: dict[str, Any]) -> None:
+        """Resume from `state_after(...)` / `next_state()` of a source built with the same arguments."""
         if len(state["streams"]) != len(self._iterators):
             raise ValueError(
                 f"checkpoint has batch state for {len(state['streams'])} streams, this run has {len(self._iterators)}"
             )
+        self._start = copy.deepcopy(state)
+        self._apply(self._start)
+
+    def _apply(self, state: dict[str, Any]) -> None:
         self._next_index = int(state["index"])
         for it, s in zip(self._iterators, state["streams"]):
             it.load_state_dict(s)

@@ -18,7 +18,6 @@ TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -164,7 +163,7 @@ class PretrainModule(pl.LightningModule):
             accumulate=self.trainer.accumulate_grad_batches,
         )
         if self._pending_batch_state is not None:
-            self.train_batches.load_state_dict(self._pending_batch_state)
+            self.train_batches.restore(self._pending_batch_state)
             self._pending_batch_state = None
         return self.train_batches
 
@@ -193,7 +192,3 @@ def _key(name: str) -> str:
 def _unkey(key: str) -> str:
     return key.replace("__", "-")
 
-
-def perplexity(ce: float) -> float:
-    """`exp(ce)`, capped to avoid overflow in printed summaries."""
-    return math.exp(min(ce, 50.0))

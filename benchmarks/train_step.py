@@ -1,0 +1,210 @@
+"""Training-step throughput: xlmtrain's MLM/TLM step vs transformers' `XLMWithLMHeadModel` (not a test).
+
+    python benchmarks/train_step.py                      # small + base, batch 16 x 128, 2 threads
+    python benchmarks/train_step.py --quick              # tiny shape, seconds (smoke run)
+
+Both sides train the same batches (same corrupted ids, same targets), with the same threads, in the same
+process, steps interleaved so that background load hits both alike:
+- xlmtrain: the `PretrainModule` step without Lightning: `XLMWithLMHead(..., pred_mask=...)` (logits only at the
+  ~15% predicted positions), mean CE, backward, `clip_grad_norm_(5.0)` (conf/trainer), AdamW.
+- transformers: as its `run_mlm` example trains it through `Trainer`: labels at the masked positions and -100
+  elsewhere, full-vocabulary logits and CE at every position, backward, `clip_grad_norm_(1.0)` (Trainer's
+  `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
+Both optimizers are fused AdamW, lr 1e-4, weight decay 0 (`--unfused-adam` to use the for-loop one on both).
+
+Tokens per step = batch x slen input positions. MFU = analytic matmul FLOPs of the step (see
+`benchlib.train_step_flops`: 3 x (L * T * (24 d^2 + 4 slen d) + 2 d V * n_logits), n_logits = predicted
+positions for xlmtrain, every position for transformers) / step time / the fp32 `torch.mm` GFLOP/s measured
+in this run. Peak RSS is the whole process's (both models are resident). The last line is
+`<shape> mlm speedup vs transformers: X.XXx` (ratio of median tokens/s) for the last shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from benchlib import (
+    SHAPES,
+    Shape,
+    format_table,
+    machine_description,
+    matmul_peak_gflops,
+    time_interleaved,
+    train_step_flops,
+)
+from torch import nn
+from transformers import XLMConfig as HFXLMConfig
+from transformers import XLMWithLMHeadModel
+
+from xlmtrain.model.config import XLMConfig
+from xlmtrain.model.heads import XLMWithLMHead
+from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs
+from xlmtrain.objectives.masking import mask_tokens
+
+MASK_INDEX, PAD_INDEX, EOS_INDEX, FIRST_WORD = 5, 2, 1, 14
+XLMTRAIN_CLIP, TRANSFORMERS_CLIP = 5.0, 1.0
+
+
+@dataclass
+class Pair:
+    """One batch in both input conventions."""
+
+    xlm: LMBatch
+    hf: dict[str, torch.Tensor]
+
+
+def model_config(shape: Shape) -> XLMConfig:
+    """XLM config of a benchmark shape: two languages (TLM needs them), dropout 0.1 as XLM's defaults."""
+    return XLMConfig(
+        vocab_size=shape.vocab, emb_dim=shape.dim, n_layers=shape.layers, n_heads=shape.heads, n_langs=2
+    )
+
+
+def _hf_inputs(batch: LMBatch) -> dict[str, torch.Tensor]:
+    labels = torch.full_like(batch.input_ids, -100)
+    labels[batch.pred_mask] = batch.targets  # run_mlm's collator: -100 at every unmasked position
+    inputs = {"input_ids": batch.input_ids, "langs": batch.langs, "lengths": batch.lengths, "labels": labels}
+    if batch.positions is not None:
+        inputs["position_ids"] = batch.positions
+    return inputs
+
+
+def make_batch(objective: str, shape: Shape, bs: int, slen: int, generator: torch.Generator) -> Pair:
+    """A random MLM stream batch (bs, slen), or a TLM pair batch padded to slen, masked as XLM does."""
+    if objective == "mlm":
+        ids = torch.randint(FIRST_WORD, shape.vocab, (bs, slen), generator=generator)
+        lengths = torch.full((bs,), slen)
+        positions, langs = None, constant_langs(ids, 0)
+    else:
+        half = slen // 2
+        sides = []
+        for _ in range(2):
+            x = torch.randint(FIRST_WORD, shape.vocab, (bs, half), generator=generator)
+            lens = torch.randint(half // 2, half + 1, (bs,), generator=generator)
+            lens[0] = half  # the longest pair fills slen exactly
+            x[:, 0] = EOS_INDEX
+            x[torch.arange(bs), lens - 1] = EOS_INDEX
+            sides += [x, lens]
+        pair = concat_pair(*sides, lang1_id=0, lang2_id=1, pad_index=PAD_INDEX)
+        ids, lengths, positions, langs = pair.ids, pair.lengths, pair.positions, pair.langs
+    masked = mask_tokens(ids, lengths, n_words=shape.vocab, mask_index=MASK_INDEX, generator=generator)
+    batch = LMBatch(masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False)
+    return Pair(batch, _hf_inputs(batch))
+
+
+def adamw(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
+    """AdamW lr 1e-4, no weight decay (xlmtrain's conf/optim and Trainer's defaults)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused or None)
+
+
+def xlmtrain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: LMBatch) -> None:
+    """`PretrainModule.training_step` + Lightning's clipping and optimizer step, without Lightning."""
+    logits = model(
+        batch.input_ids,
+        pred_mask=batch.pred_mask,
+        langs=batch.langs,
+        position_ids=batch.positions,
+        lengths=batch.lengths,
+        causal=batch.causal,
+    ).logits  # (n_pred, vocab)
+    F.cross_entropy(logits, batch.targets).backward()
+    nn.utils.clip_grad_norm_(model.parameters(), XLMTRAIN_CLIP)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def transformers_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: dict[str, torch.Tensor]) -> None:
+    """One `Trainer` step of run_mlm: loss over full-vocabulary logits with -100 labels, clip, AdamW."""
+    model(**inputs).loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), TRANSFORMERS_CLIP)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _cycle(fn: Callable[[object], None], items: list) -> Callable[[], None]:
+    position = iter(range(10**9))
+    return lambda: fn(items[next(position) % len(items)])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="small,base", help="comma-separated: tiny, small, base")
+    parser.add_argument("--objectives", default="mlm,tlm", help="comma-separated: mlm, tlm")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--slen", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per contender")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the xlmtrain model")
+    parser.add_argument("--unfused-adam", action="store_true", help="for-loop AdamW on both sides")
+    parser.add_argument("--quick", action="store_true", help="tiny shape, batch 4 x 32, 1 + 2 steps")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.shapes, args.batch_size, args.slen, args.warmup, args.repeats = "tiny", 4, 32, 1, 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table, then the speedup line last."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bs, slen = args.batch_size, args.slen
+    tokens = bs * slen
+    peaks = [matmul_peak_gflops()]
+    rows, speedups = [], {}
+    for shape in (SHAPES[s] for s in args.shapes.split(",")):
+        config = model_config(shape)
+        hf_model = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()
+        xlm_model = XLMWithLMHead(config).train()
+        xlm_model.load_state_dict(hf_model.state_dict(), strict=False)  # same weights (position_ids is extra)
+        xlm_run = torch.compile(xlm_model) if args.compile else xlm_model
+        xlm_opt, hf_opt = adamw(xlm_model, not args.unfused_adam), adamw(hf_model, not args.unfused_adam)
+        for objective in args.objectives.split(","):
+            generator = torch.Generator().manual_seed(1)
+            batches = [make_batch(objective, shape, bs, slen, generator) for _ in range(4)]
+            n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
+            stats = time_interleaved(
+                {
+                    "xlmtrain": _cycle(lambda b: xlmtrain_step(xlm_run, xlm_opt, b.xlm), batches),
+                    "transformers": _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf), batches),
+                },
+                warmup=args.warmup,
+                repeats=args.repeats,
+            )
+            peaks.append(matmul_peak_gflops())
+            n_logits = {"xlmtrain": n_pred, "transformers": tokens}
+            ratio = stats["xlmtrain"].tokens_per_s(tokens)[0] / stats["transformers"].tokens_per_s(tokens)[0]
+            speedups[(shape.name, objective)] = ratio
+            for name, st in stats.items():
+                med, lo, hi = st.tokens_per_s(tokens)
+                flops = train_step_flops(shape, tokens, slen, n_logits[name])
+                rows.append(
+                    [shape.name, objective, name, f"{med:.0f}", f"{lo:.0f}", f"{hi:.0f}", f"{st.median_s:.3f}",
+                     f"{st.peak_rss_mb:.0f}", f"{flops / 1e9:.1f}", flops / st.median_s / 1e9,
+                     f"{ratio:.2f}x" if name == "xlmtrain" else ""]
+                )
+        del xlm_model, xlm_run, hf_model, xlm_opt, hf_opt
+    peak = statistics.median(peaks)
+    for row in rows:
+        row[9] = f"{100 * row[9] / peak:.0f}%"
+    print(f"machine: {machine_description(args.threads)}")
+    print(f"fp32 matmul peak (1024x4096x1024 torch.mm): median {peak:.1f} GFLOP/s over {len(peaks)} measurements "
+          f"({min(peaks):.1f}-{max(peaks):.1f}); batch {bs} x {slen}, warmup {args.warmup}, {args.repeats} timed steps"
+          f"{', xlmtrain compiled' if args.compile else ''}{', unfused AdamW' if args.unfused_adam else ''}")
+    header = ["shape", "obj", "framework", "tok/s med", "min", "max", "s/step", "peak RSS MB", "GFLOP/step", "MFU",
+              "speedup"]
+    print(format_table(header, rows))
+    last_shape = args.shapes.split(",")[-1]
+    if (last_shape, "mlm") in speedups:
+        print(f"{last_shape} mlm speedup vs transformers: {speedups[(last_shape, 'mlm')]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Print masked-token accuracy in one language with and without its translation in context.
+
+Usage: python recipes/synthetic/probe.py RUN_DIR [RUN_DIR ...] [--context io --target vo]
+Each RUN_DIR is a finished `python -m xlmtrain` run (its `model/` and `.hydra/config.yaml` are read).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from xlmtrain.cli.train import resolve_data
+from xlmtrain.data.preprocessed import PreprocessedData
+from xlmtrain.interop.load import load_model
+from xlmtrain.objectives.probe import context_accuracy
+
+
+def main() -> None:
+    """Parse arguments, probe each run, print one line per run."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--context", default="io")
+    parser.add_argument("--target", default="vo")
+    args = parser.parse_args()
+    for run in args.runs:
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        data = PreprocessedData(resolve_data(cfg.data, Path(cfg.paths.cache_dir).expanduser()))
+        model = load_model(run / "model")
+        alone = context_accuracy(model, data, args.context, args.target, with_context=False)
+        paired = context_accuracy(model, data, args.context, args.target, with_context=True)
+        print(f"{run}: {args.target} masked-token accuracy alone {alone:.1f}%, "
+              f"with {args.context} translation in context {paired:.1f}% (gain {paired - alone:+.1f})")
+
+
+if __name__ == "__main__":
+    main()
