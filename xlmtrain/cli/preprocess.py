@@ -10,9 +10,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from xlmtrain.cli.config_dir import conf_dir
 from xlmtrain.data.pipeline import PreprocessError, PreprocessSettings, preprocess
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(conf_dir())
 
 
 @hydra.main(config_path=CONF_DIR, config_name="preprocess", version_base="1.3")

@@ -24,6 +24,7 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from xlmtrain.cli.config_dir import conf_dir
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.model.config import XLMConfig
@@ -32,15 +33,6 @@ from xlmtrain.objectives.pretrain import PretrainModule
 from xlmtrain.objectives.streams import StreamSpec
 
 log = logging.getLogger(__name__)
-
-
-def conf_dir() -> Path:
-    """The config tree: `xlmtrain/conf` inside an installed wheel, else `<checkout>/conf`."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "xlmtrain.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"xlmtrain config tree not found in {package / 'conf'} or {package.parent / 'conf'}")
 
 
 def resolve_data(data_cfg: DictConfig, cache_dir: Path) -> Path:

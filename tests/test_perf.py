@@ -1,0 +1,124 @@
+"""Speed work (issue #7): numerics of the fast paths and smoke runs of the benchmarks (no timing assertions)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import REPO
+from xlmtrain.model.config import XLMConfig
+from xlmtrain.model.heads import XLMWithLMHead
+from xlmtrain.model.transformer import _attention_with_dropout
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import benchlib  # noqa: E402
+
+
+def _qkv(seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, 5, 4, generator=g) for _ in range(3)]  # (bs, h, slen, hd)
+
+
+@pytest.mark.parametrize("case", ["plain", "padding", "causal"])
+def test_cpu_dropout_attention_is_sdpa_without_dropout(case: str) -> None:
+    q, k, v = _qkv(0)
+    bias = None
+    if case == "padding":
+        bias = torch.zeros(2, 1, 1, 5)
+        bias[1, ..., 3:] = torch.finfo(torch.float32).min
+    causal = case == "causal"
+    # p -> 0 leaves the dropout draw in place but scales by 1 / (1 - p) ~ 1: the attention math must match SDPA.
+    ours = _attention_with_dropout(q, k, v, bias, causal, dropout_p=1e-12)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_dropout_attention_drops_and_rescales() -> None:
+    q, k, v = _qkv(1)
+    q = torch.zeros_like(q)  # uniform weights 1/slen everywhere
+    v = torch.ones_like(v)
+    torch.manual_seed(0)
+    out = _attention_with_dropout(q, k, v, None, False, dropout_p=0.5)
+    # Each output = (kept weights) * 2 / slen: a multiple of 2/5 between 0 and 2, with mean near 1.
+    kept = out[..., 0] * 5 / 2
+    assert torch.allclose(kept, kept.round(), atol=1e-5)
+    assert 0.6 < out.mean().item() < 1.4
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_training_forward_with_dropout_equals_transformers(padded: bool) -> None:
+    """Same seed, train mode, dropout on everywhere: the CPU attention path consumes the RNG like transformers."""
+    from transformers import XLMConfig as HFXLMConfig
+    from transformers import XLMWithLMHeadModel
+
+    config = XLMConfig(vocab_size=60, emb_dim=32, n_layers=2, n_heads=2, n_langs=2, dropout=0.2, attention_dropout=0.3)
+    hf = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()
+    ours = XLMWithLMHead(config).train()
+    ours.load_state_dict(hf.state_dict(), strict=False)
+    ids = torch.randint(14, 60, (3, 7), generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([7, 5, 7] if padded else [7, 7, 7])
+    langs = torch.ones_like(ids)
+    torch.manual_seed(3)
+    theirs = hf(input_ids=ids, lengths=lengths, langs=langs).logits
+    torch.manual_seed(3)
+    mine = ours(ids, lengths=lengths, langs=langs).logits
+    real = torch.arange(7)[None, :] < lengths[:, None]
+    torch.testing.assert_close(mine[real], theirs[real], rtol=1e-4, atol=1e-5)
+
+
+def test_train_step_flops_by_hand() -> None:
+    shape = benchlib.Shape("t", vocab=100, dim=8, layers=2, heads=2)
+    # encoder: 2 layers * 10 tokens * (24 * 64 + 4 * 5 * 8) = 20 * 1696; head: 2 * 8 * 100 * 3 logits rows.
+    assert benchlib.encoder_forward_flops(shape, n_tokens=10, slen=5) == 20 * 1696
+    assert benchlib.train_step_flops(shape, n_tokens=10, slen=5, n_logits=3) == 3 * (20 * 1696 + 4800)
+
+
+def test_step_stats_and_table() -> None:
+    stats = benchlib.StepStats([2.0, 1.0, 4.0])
+    assert stats.tokens_per_s(8) == (4.0, 2.0, 8.0)
+    assert stats.median_s == 2.0
+    table = benchlib.format_table(["a", "bb"], [[1, 22], [333, 4]])
+    assert table.splitlines() == ["| a   | bb |", "|-----|----|", "| 1   | 22 |", "| 333 | 4  |"]
+
+
+def test_train_step_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    import train_step
+
+    train_step.main(["--quick"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("tiny mlm speedup vs transformers: ") and lines[-1].endswith("x")
+    assert float(lines[-1].split(": ")[1][:-1]) > 0
+    assert sum("| tiny " in line for line in lines) == 4  # mlm + tlm, xlmtrain + transformers
+
+
+def test_train_step_batches_agree() -> None:
+    """Both frameworks train on the same targets: -100 labels everywhere but at xlmtrain's pred_mask."""
+    import train_step
+
+    shape = benchlib.SHAPES["tiny"]
+    for objective in ("mlm", "tlm"):
+        pair = train_step.make_batch(objective, shape, 4, 32, torch.Generator().manual_seed(0))
+        labels = pair.hf["labels"]
+        assert torch.equal(labels != -100, pair.xlm.pred_mask)
+        assert torch.equal(labels[pair.xlm.pred_mask], pair.xlm.targets)
+        assert pair.xlm.input_ids.shape == (4, 32)
+
+
+@pytest.mark.slow
+def test_data_wait_quick(tmp_path: Path) -> None:
+    import data_wait
+
+    fraction = data_wait.main(["--quick", "--workdir", str(tmp_path)])
+    assert 0.0 < fraction < 1.0
+
+
+@pytest.mark.slow
+def test_ddp_scaling_quick() -> None:
+    import ddp_scaling
+
+    rates = ddp_scaling.main(["--quick"])
+    assert set(rates) == {(1, 2), (1, 1), (2, 1)} and all(r > 0 for r in rates.values())
