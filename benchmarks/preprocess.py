@@ -8,13 +8,17 @@ accents/punctuation/digits), then measures, each in a fresh subprocess:
 - `baseline`: what a user does by hand, single process: sacremoses punctuation normalisation + tokenisation,
   then fastBPE applied with the same codes (no BPE learning, no binarisation);
 - `iterate`: StreamBatches / SentenceBatches over the built train corpora (peak RSS vs corpus size).
-Prints MB/s, sentences/s, speedup and peak RSS (largest process) of each.
+Prints wall-clock MB/s and sentences/s, CPU seconds (user + system, the phase and all its processes), the
+speedup of xlmtrain over the baseline in wall-clock (what a user waits; needs 2 free cores to reach 2x from
+parallelism alone) and in CPU time (independent of other load on the machine), the 1-minute load average
+before and after, and peak RSS (largest process) of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -115,12 +119,18 @@ def phase_iterate(root: Path, n_batches: int) -> None:
             next(sent)
 
 
-def _measure(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB, the largest process: the phase or one of its workers) of a phase run in a
-    fresh interpreter (the phase prints its own peak as its last stdout line)."""
-    start = time.perf_counter()
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _measure(args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system of the phase and every process it started) and peak RSS (MB,
+    the largest process: the phase or one of its workers) of a phase run in a fresh interpreter (the phase
+    prints its own peak as its last stdout line)."""
+    cpu, start = _children_cpu_s(), time.perf_counter()
     run = subprocess.run([sys.executable, __file__, *args], check=True, stdout=subprocess.PIPE, text=True)
-    return time.perf_counter() - start, float(run.stdout.split()[-1])
+    return time.perf_counter() - start, _children_cpu_s() - cpu, float(run.stdout.split()[-1])
 
 
 def _peak_rss_mb() -> float:
@@ -145,15 +155,18 @@ def main() -> None:
     n_lines = generate(a.workdir, a.mb)
     size_mb = sum(f.stat().st_size for f in (a.workdir / "raw").iterdir()) / 1e6
     common = ["--workdir", str(a.workdir), "--merges", str(a.merges)]
-    ours, ours_rss = _measure(["--phase", "xlmtrain", *common])
-    base, base_rss = _measure(["--phase", "baseline", *common])
-    it, it_rss = _measure(["--phase", "iterate", *common])
+    load_before = os.getloadavg()[0]
+    ours, ours_cpu, ours_rss = _measure(["--phase", "xlmtrain", *common])
+    base, base_cpu, base_rss = _measure(["--phase", "baseline", *common])
+    it, _, it_rss = _measure(["--phase", "iterate", *common])
     result = {
         "corpus_mb": round(size_mb, 1), "lines": n_lines, "bpe_merges": a.merges,
-        "xlmtrain_s": round(ours, 1), "xlmtrain_mb_s": round(size_mb / ours, 2),
+        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cores": os.cpu_count(),
+        "xlmtrain_s": round(ours, 1), "xlmtrain_cpu_s": round(ours_cpu, 1), "xlmtrain_mb_s": round(size_mb / ours, 2),
         "xlmtrain_sent_s": round(n_lines / ours), "xlmtrain_peak_rss_mb": round(ours_rss),
-        "baseline_s": round(base, 1), "baseline_mb_s": round(size_mb / base, 2),
-        "baseline_sent_s": round(n_lines / base), "speedup": round(base / ours, 2),
+        "baseline_s": round(base, 1), "baseline_cpu_s": round(base_cpu, 1), "baseline_mb_s": round(size_mb / base, 2),
+        "baseline_sent_s": round(n_lines / base), "baseline_peak_rss_mb": round(base_rss),
+        "speedup_wall": round(base / ours, 2), "speedup_cpu": round(base_cpu / ours_cpu, 2),
         "iterate_peak_rss_mb": round(it_rss), "iterate_s": round(it, 1),
     }  # fmt: skip
     print(json.dumps(result, indent=1))

@@ -11,6 +11,7 @@ process, steps interleaved so that background load hits both alike:
   elsewhere, full-vocabulary logits and CE at every position, backward, `clip_grad_norm_(1.0)` (Trainer's
   `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
 Both optimizers are fused AdamW, lr 1e-4, weight decay 0 (`--unfused-adam` to use the for-loop one on both).
+fp32 by default; `--bf16` runs both under CPU bf16 autocast, `--compile` wraps the xlmtrain model in `torch.compile`.
 
 Tokens per step = batch x slen input positions. MFU = analytic matmul FLOPs of the step (see
 `benchlib.train_step_flops`: 3 x (L * T * (24 d^2 + 4 slen d) + 2 d V * n_logits), n_logits = predicted
@@ -22,6 +23,7 @@ in this run. Peak RSS is the whole process's (both models are resident). The las
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,25 +104,35 @@ def adamw(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused or None)
 
 
-def xlmtrain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: LMBatch) -> None:
+def precision_context(bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU (Lightning's `bf16-mixed`, Trainer's `bf16=True`), or nothing (fp32)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def xlmtrain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: LMBatch, bf16: bool = False) -> None:
     """`PretrainModule.training_step` + Lightning's clipping and optimizer step, without Lightning."""
-    logits = model(
-        batch.input_ids,
-        pred_mask=batch.pred_mask,
-        langs=batch.langs,
-        position_ids=batch.positions,
-        lengths=batch.lengths,
-        causal=batch.causal,
-    ).logits  # (n_pred, vocab)
-    F.cross_entropy(logits, batch.targets).backward()
+    with precision_context(bf16):
+        logits = model(
+            batch.input_ids,
+            pred_mask=batch.pred_mask,
+            langs=batch.langs,
+            position_ids=batch.positions,
+            lengths=batch.lengths,
+            causal=batch.causal,
+        ).logits  # (n_pred, vocab)
+    F.cross_entropy(logits.float(), batch.targets).backward()
     nn.utils.clip_grad_norm_(model.parameters(), XLMTRAIN_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def transformers_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: dict[str, torch.Tensor]) -> None:
+def transformers_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, inputs: dict[str, torch.Tensor], bf16: bool = False
+) -> None:
     """One `Trainer` step of run_mlm: loss over full-vocabulary logits with -100 labels, clip, AdamW."""
-    model(**inputs).loss.backward()
+    with precision_context(bf16):
+        loss = model(**inputs).loss
+    loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), TRANSFORMERS_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -142,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per contender")
     parser.add_argument("--compile", action="store_true", help="torch.compile the xlmtrain model")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (CPUs with AVX512-BF16/AMX)")
     parser.add_argument("--unfused-adam", action="store_true", help="for-loop AdamW on both sides")
     parser.add_argument("--quick", action="store_true", help="tiny shape, batch 4 x 32, 1 + 2 steps")
     args = parser.parse_args(argv)
@@ -172,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
             stats = time_interleaved(
                 {
-                    "xlmtrain": _cycle(lambda b: xlmtrain_step(xlm_run, xlm_opt, b.xlm), batches),
-                    "transformers": _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf), batches),
+                    "xlmtrain": _cycle(lambda b: xlmtrain_step(xlm_run, xlm_opt, b.xlm, args.bf16), batches),
+                    "transformers": _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf, args.bf16), batches),
                 },
                 warmup=args.warmup,
                 repeats=args.repeats,
@@ -197,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine_description(args.threads)}")
     print(f"fp32 matmul peak (1024x4096x1024 torch.mm): median {peak:.1f} GFLOP/s over {len(peaks)} measurements "
           f"({min(peaks):.1f}-{max(peaks):.1f}); batch {bs} x {slen}, warmup {args.warmup}, {args.repeats} timed steps"
-          f"{', xlmtrain compiled' if args.compile else ''}{', unfused AdamW' if args.unfused_adam else ''}")
+          f"{', xlmtrain compiled' if args.compile else ''}{', bf16 autocast (MFU still vs fp32 peak)' if args.bf16 else ''}"
+          f"{', unfused AdamW' if args.unfused_adam else ''}")
     header = ["shape", "obj", "framework", "tok/s med", "min", "max", "s/step", "peak RSS MB", "GFLOP/step", "MFU",
               "speedup"]
     print(format_table(header, rows))

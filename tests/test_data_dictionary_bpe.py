@@ -74,10 +74,13 @@ def _naive_learn(word_counts, n):
     return out
 
 
-def test_incremental_equals_naive_recount():
-    rng = random.Random(0)
-    counts = {"".join(rng.choice("abcaab") for _ in range(rng.randint(1, 8))): rng.randint(1, 20) for _ in range(200)}
-    assert learn_bpe(counts, 60) == _naive_learn(counts, 60)
+@pytest.mark.parametrize("seed, letters, max_len", [(0, "abcaab", 8), (1, "aaab", 14), (2, "abcdéf日", 10)])
+def test_incremental_equals_naive_recount(seed, letters, max_len):
+    # "aaab": long runs of one symbol, so (x, x) merges overlap and consecutive merges share a neighbour
+    rng = random.Random(seed)
+    counts = {"".join(rng.choice(letters) for _ in range(rng.randint(1, max_len))): rng.randint(1, 20)
+              for _ in range(300)}  # fmt: skip
+    assert learn_bpe(counts, 150) == _naive_learn(counts, 150)
 
 
 def test_fastbpe_applies_learned_codes(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from xlmtrain.data.preprocessed import PreprocessedData
@@ -25,3 +26,21 @@ def test_probe_runs_same_targets_in_both_conditions(synthetic_prep: Path) -> Non
     paired = context_accuracy(model, data, "io", "vo", with_context=True)
     assert alone == paired
     assert 0.0 <= alone < 50.0
+
+
+def test_one_word_targets_skip_the_given_words(synthetic_prep: Path) -> None:
+    data = PreprocessedData(synthetic_prep)
+    dot = data.dictionary.index(".")
+    torch.manual_seed(0)
+    config = XLMConfig(vocab_size=len(data.dictionary), emb_dim=32, n_layers=1, n_heads=2, n_langs=2)
+    model = XLMWithLMHead(config)
+    # A model that always predicts "." is right exactly where "." is a target.
+    with torch.no_grad():
+        model.pred_layer.proj.bias.fill_(-1e4)
+        model.pred_layer.proj.bias[dot] = 1e4
+    # One target per vo sentence, uniform over its tokens ("ne" is io only): "." is 1 of ~5, never 0 or all.
+    assert 5.0 < context_accuracy(model, data, "io", "vo", with_context=True, skip_words=("ne",)) < 40.0
+    for with_context in (False, True):
+        assert context_accuracy(model, data, "io", "vo", with_context=with_context, skip_words=(".",)) == 0.0
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        context_accuracy(model, data, "io", "vo", with_context=False, skip_words=("no-such-word",))

@@ -1,13 +1,10 @@
-"""PreemptionCallback: in-process signal timing, and real signals to a training subprocess."""
+"""PreemptionCallback in-process: signal timing, handler ownership. Real signals to the real training CLI are
+in `test_resume_kill.py`, under SLURM in `test_slurm_templates.py`."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,9 +16,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.preemption import PreemptionCallback
 from xlmtrain.training.resume import find_resume_checkpoint, validated_step
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 class SelfSignalling(pl.LightningModule):
     """Sends itself ``signum`` during training batch ``signal_at_batch`` (0-based)."""
@@ -79,44 +73,6 @@ def test_refuses_lightning_auto_requeue(tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv(key, value)
     with pytest.raises(ValueError, match="auto_requeue=True"):
         fit(tmp_path, SelfSignalling(signal.SIGUSR1, -1), plugins=[SLURMEnvironment(auto_requeue=True)])
-
-
-def run_tiny(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "preemption_tiny_train.py"), f"run_dir={run_dir}", *overrides],
-        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def steps_of(run_dir: Path) -> list[int]:
-    path = run_dir / "steps.rank0.jsonl"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
-def test_signalled_subprocess_exits_zero_and_restart_resumes(tmp_path: Path, signum: signal.Signals) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_tiny(run_dir, "trainer.max_steps=30", "step_sleep=0.2")
-    deadline = time.monotonic() + 120
-    while len(steps_of(run_dir)) < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.1)
-    proc.send_signal(signum)
-    out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 0, out
-    saved = run_dir / "checkpoints" / "last.ckpt"
-    first = steps_of(run_dir)
-    assert f"{signum.name} at step {first[-1]}: saved {saved}; run the same command again" in out
-    assert validated_step(saved) == first[-1] < 30
-
-    restart = run_tiny(run_dir, "trainer.max_steps=30", "step_sleep=0")
-    out = restart.communicate(timeout=120)[0]
-    assert restart.returncode == 0, out
-    result = json.loads((run_dir / "result.rank0.json").read_text())
-    assert result["resumed_from"] == str(saved) and result["global_step"] == 30 and not result["preempted"]
-    assert steps_of(run_dir) == list(range(1, 31))  # every step exactly once across both runs
 
 
 class SignalInSetup(SelfSignalling):

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 from slurm_harness import REPO, LocalSlurm, local_slurm  # noqa: F401 (fixture)
 
+from tests.conftest import CONF_DIR
+from tests.xlmtrain_cli import CLI, checkpoint_steps, exported_weights, resumed_from, tiny_overrides, train_rows
+from xlmtrain.training.resume import validated_step
+
 pytestmark = pytest.mark.slurm
 
 TEMPLATES = sorted((REPO / "slurm").glob("*.sbatch"))
 # This machine is one node with 2 CPUs: shrink each template's allocation to fit, keep all else.
 FIT_LOCAL = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=00:10:00"]
-TINY_TRAIN = f"python {REPO / 'tests' / 'preemption_tiny_train.py'}"
 
 
 def test_templates_are_shipped() -> None:
@@ -28,19 +31,16 @@ def test_template_passes_sbatch_test_only(local_slurm: LocalSlurm, template: Pat
     assert "to start at" in result.stderr
 
 
-def submit(slurm: LocalSlurm, run_dir: Path, *overrides: str) -> str:
-    """Submit the single-node template running the tiny script; return the job id."""
+def submit(slurm: LocalSlurm, prep: Path, run_dir: Path, *overrides: str) -> str:
+    """Submit the single-node template running the real CLI on a tiny TLM config; return the job id."""
     run_dir.mkdir(parents=True)
     result = slurm.run(
-        "sbatch", "--parsable", f"--chdir={run_dir}", f"--output={run_dir}/%x-%j.out",
-        str(REPO / "slurm" / "pretrain_single_node.sbatch"), f"run_dir={run_dir}", *overrides,
-        extra_env={"XLMTRAIN_CMD": TINY_TRAIN, "XLMTRAIN_ROOT": str(REPO), "PYTHONPATH": str(REPO)},
-    )
+        "sbatch", "--parsable", *FIT_LOCAL, f"--chdir={run_dir}", f"--output={run_dir}/%x-%j.out",
+        str(REPO / "slurm" / "pretrain_single_node.sbatch"), *tiny_overrides(prep, run_dir), "trainer.accelerator=cpu",
+        *overrides,
+        extra_env={"XLMTRAIN_CMD": " ".join(CLI), "XLMTRAIN_ROOT": str(REPO)},
+    )  # fmt: skip
     return result.stdout.strip().split(";")[0]
-
-
-def read_steps(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def job_log(run_dir: Path) -> str:
@@ -48,58 +48,58 @@ def job_log(run_dir: Path) -> str:
 
 
 @pytest.mark.slow
-def test_two_task_job_trains_on_both_ranks(local_slurm: LocalSlurm, tmp_path: Path) -> None:
-    job = submit(local_slurm, tmp_path / "run", "trainer.max_steps=12", "step_sleep=0")
-    fields = local_slurm.wait_for(job, 180, JobState={"COMPLETED", "FAILED", "CANCELLED"})
-    log = job_log(tmp_path / "run")
+def test_two_task_job_trains_and_exports(local_slurm: LocalSlurm, synthetic_prep: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    job = submit(local_slurm, synthetic_prep, run_dir, "trainer.max_steps=12", "trainer.val_check_interval=6")
+    fields = local_slurm.wait_for(job, 300, JobState={"COMPLETED", "FAILED", "CANCELLED"})
+    log = job_log(run_dir)
     assert fields["JobState"] == "COMPLETED", log
-    for rank in (0, 1):
-        result = json.loads((tmp_path / "run" / f"result.rank{rank}.json").read_text())
-        assert result == {**result, "global_step": 12, "world_size": 2, "preempted": False}
-        assert [s["step"] for s in read_steps(tmp_path / "run" / f"steps.rank{rank}.jsonl")] == list(range(1, 13))
-    # DDP keeps the replicas identical: both ranks end with the same weights.
-    weights = [json.loads((tmp_path / "run" / f"result.rank{r}.json").read_text())["weight"] for r in (0, 1)]
-    assert weights[0] == weights[1]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and "distributed_backend=gloo" in log, log
+    assert [r["step"] for r in train_rows(run_dir)] == list(range(12))
+    assert validated_step(run_dir / "checkpoints" / "last.ckpt") == 12
+    assert set(exported_weights(run_dir)) and (run_dir / "model" / "config.json").is_file()
 
 
 @pytest.mark.slow
-def test_usr1_preemption_requeues_and_resumes(local_slurm: LocalSlurm, tmp_path: Path) -> None:
+def test_usr1_preemption_requeues_and_resumes(local_slurm: LocalSlurm, synthetic_prep: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    job = submit(local_slurm, run_dir, "trainer.max_steps=40", "step_sleep=0.2")
-    deadline = time.monotonic() + 180
-    while min(len(read_steps(run_dir / f"steps.rank{r}.jsonl")) for r in (0, 1)) < 5:
+    steps = 150
+    job = submit(local_slurm, synthetic_prep, run_dir, f"trainer.max_steps={steps}", "trainer.val_check_interval=50")
+    deadline = time.monotonic() + 240
+    while not any(r["step"] >= 3 for r in train_rows(run_dir)):
         assert time.monotonic() < deadline, job_log(run_dir)
-        time.sleep(0.3)
+        assert local_slurm.job_fields(job)["JobState"] in {"PENDING", "RUNNING"}, job_log(run_dir)
+        time.sleep(0.2)
     local_slurm.run("scancel", "--signal=USR1", job)  # to the job steps (the srun tasks), as --signal=USR1@90 does
 
-    local_slurm.wait_for(job, 60, JobState="PENDING", Restarts="1")
+    local_slurm.wait_for(job, 120, JobState="PENDING", Restarts="1")
+    before = checkpoint_steps(run_dir)
     local_slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")  # skip the requeue hold
-    fields = local_slurm.wait_for(job, 240, JobState={"COMPLETED", "FAILED", "CANCELLED"})
+    fields = local_slurm.wait_for(job, 400, JobState={"COMPLETED", "FAILED", "CANCELLED"})
     log = job_log(run_dir)
     assert fields["JobState"] == "COMPLETED", log
     assert fields["Restarts"] == "1", fields
-    assert f"SLURM job {job} requeued" in log
-
-    for rank in (0, 1):
-        steps = read_steps(run_dir / f"steps.rank{rank}.jsonl")
-        first = [s["step"] for s in steps if s["restart"] == 0]
-        second = [s["step"] for s in steps if s["restart"] == 1]
-        # The first attempt stopped right after the step it checkpointed; the second continued from
-        # the next step (nothing repeated, nothing skipped) to max_steps.
-        assert first == list(range(1, len(first) + 1)) and len(first) < 40, log
-        assert second == list(range(first[-1] + 1, 41)), log
-        result = json.loads((run_dir / f"result.rank{rank}.json").read_text())
-        assert result["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
-        assert result["global_step"] == 40
+    saved = run_dir / "checkpoints" / "last.ckpt"
+    preempted_at = int(re.search(rf"SIGUSR1 at step (\d+): saved {saved}; SLURM job {job} requeued", log).group(1))
+    assert 3 < preempted_at < steps, log
+    assert before[resumed_from(log, run_dir)] == preempted_at, log
+    # Every step logged once across both attempts, and the finished run exported its model.
+    assert [r["step"] for r in train_rows(run_dir)] == list(range(steps))
+    assert validated_step(saved) == steps
+    assert set(exported_weights(run_dir))
 
 
-def test_submitit_launcher_yaml_composes(tmp_path: Path) -> None:
+def test_submitit_launcher_config_composes() -> None:
     from hydra import compose, initialize_config_dir
 
-    (tmp_path / "launcher").mkdir()
-    (tmp_path / "launcher" / "slurm.yaml").write_text((REPO / "slurm" / "hydra_launcher_submitit_slurm.yaml").read_text())
-    (tmp_path / "main.yaml").write_text("x: 1\n")
-    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
-        launcher = compose("main", overrides=["+launcher=slurm"], return_hydra_config=True).hydra.launcher
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("xlmtrain", overrides=["+launcher=slurm", "+recipe=tlm", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    assert (launcher.signal_delay_s, launcher.max_num_timeout, launcher.tasks_per_node) == (90, 3, 8)
+    assert (launcher.signal_delay_s, launcher.max_num_timeout, launcher.tasks_per_node, launcher.gpus_per_node) == (
+        90, 3, 8, 8)  # fmt: skip
+    # submitit owns requeue: the callback only saves; DDP with Lightning's layout taken from the launcher.
+    assert cfg.callbacks.preemption.requeue is False and cfg.trainer.strategy == "ddp"
+    assert cfg.trainer._get_node("devices")._value() == "${hydra:launcher.tasks_per_node}"
+    assert cfg.trainer._get_node("num_nodes")._value() == "${hydra:launcher.nodes}"

@@ -2,6 +2,8 @@
 
 Usage: python recipes/synthetic/probe.py RUN_DIR [RUN_DIR ...] [--context io --target vo]
 Each RUN_DIR is a finished `python -m xlmtrain` run (its `model/` and `.hydra/config.yaml` are read).
+Two target choices: XLM's evaluation masking (15% of the tokens, `.` included) and one content word per
+sentence (any token but `.`), which the sentence alone cannot determine and its translation does.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ def main() -> None:
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         data = PreprocessedData(resolve_data(cfg.data, Path(cfg.paths.cache_dir).expanduser()))
         model = load_model(run / "model")
-        alone = context_accuracy(model, data, args.context, args.target, with_context=False)
-        paired = context_accuracy(model, data, args.context, args.target, with_context=True)
-        print(f"{run}: {args.target} masked-token accuracy alone {alone:.1f}%, "
-              f"with {args.context} translation in context {paired:.1f}% (gain {paired - alone:+.1f})")
+        for label, targets in (("15% of tokens", {}), ("one content word", {"skip_words": (".",)})):
+            alone = context_accuracy(model, data, args.context, args.target, with_context=False, **targets)
+            paired = context_accuracy(model, data, args.context, args.target, with_context=True, **targets)
+            print(f"{run}: {args.target} masked {label}: accuracy alone {alone:.1f}%, "
+                  f"with {args.context} translation in context {paired:.1f}% (gain {paired - alone:+.1f})")
 
 
 if __name__ == "__main__":

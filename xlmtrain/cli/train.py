@@ -152,15 +152,30 @@ def build(cfg: DictConfig) -> tuple[PretrainModule, pl.Trainer, PreprocessedData
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one pretraining job and write its outputs; returns the summary (also printed)."""
+    """Run one pretraining job and write its outputs; returns the summary (also printed).
+
+    After a preemption (SIGUSR1/SIGTERM, see `PreemptionCallback`) it returns right after the
+    checkpoint is saved, without the final checkpoint, export or summary: `{"preempted": True, ...}`.
+    """
+    from xlmtrain.training.preemption import PreemptionCallback
+    from xlmtrain.training.resume import truncate_metrics_csv, validated_step
+
     run_dir = Path(cfg.run_dir)
     module, trainer, data = build(cfg)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_path = resume_path(str(cfg.resume), ckpt_dir)
     metrics = run_dir / "metrics.csv"
-    if ckpt_path is None and trainer.is_global_zero:
-        metrics.unlink(missing_ok=True)  # a fresh run must not append to an old run's curves
+    if trainer.is_global_zero:
+        if ckpt_path is None:
+            metrics.unlink(missing_ok=True)  # a fresh run must not append to an old run's curves
+        else:
+            # Rows a killed run flushed after its last checkpoint are logged again by this run.
+            truncate_metrics_csv(metrics, validated_step(ckpt_path))
+            print(f"[xlmtrain] resuming from {ckpt_path}", flush=True)
     trainer.fit(module, ckpt_path=ckpt_path)
+    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
+    if preemption is not None and preemption.preempted:
+        return {"run_dir": str(run_dir), "steps": trainer.global_step, "preempted": True}
     trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.global_step}
     if trainer.is_global_zero:
@@ -236,5 +251,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 @hydra.main(config_path=str(conf_dir()), config_name="xlmtrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point of `python -m xlmtrain`."""
+    """Hydra entry point of `python -m xlmtrain`: pretraining, or the job a recipe names in `job:`
+    (e.g. `+recipe=xnli` sets `job: xlmtrain.tasks.job.finetune`)."""
+    if cfg.get("job"):
+        hydra.utils.get_method(cfg.job)(cfg)
+        return
     train(cfg)

@@ -8,6 +8,7 @@ top-level function of picklable arguments so that a process pool can run it.
 from __future__ import annotations
 
 from collections import Counter
+from itertools import chain
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -135,51 +136,78 @@ class BinarizeStats:
     tokens: Counter[str] = field(default_factory=Counter)
 
 
+class WordIds:
+    """Word -> ids, memoised. fastBPE segments each space-separated word on its own and `ids_from_pieces` maps
+    each piece on its own, so a sentence's ids are the concatenation of its words' ids; each distinct word
+    goes through fastBPE once (in batches) instead of once per occurrence.
+
+    Attributes: `ids` (word -> ids), `specials` (word -> pieces dropped as special tokens, only words with
+    some), `bpe`, `dico`.
+    """
+
+    MAX_CACHED = 2_000_000  # bounds the memory of a worker on corpora with very many distinct words
+
+    def __init__(self, codes: str, vocab: str) -> None:
+        self.bpe, self.dico = BPE(codes), Dictionary.read_vocab(vocab)
+        self.ids: dict[str, list[int]] = {}
+        self.specials: dict[str, int] = {}
+
+    def add(self, sentences: list[list[str]]) -> None:
+        """Make sure every word of `sentences` is in `ids`."""
+        missing = list({w for words in sentences for w in words if w not in self.ids})
+        if len(self.ids) + len(missing) > self.MAX_CACHED:
+            self.ids.clear()
+            self.specials.clear()
+            missing = list({w for words in sentences for w in words})
+        for word, pieces in zip(missing, self.bpe.apply(missing)):
+            self.ids[word], n_special = ids_from_pieces(pieces.split(" "), self.dico)
+            if n_special:
+                self.specials[word] = n_special
+
+
 @lru_cache(maxsize=2)
-def _load_bpe_and_dico(codes: str, vocab: str) -> tuple[BPE, Dictionary]:
-    return BPE(codes), Dictionary.read_vocab(vocab)
+def _load_word_ids(codes: str, vocab: str) -> WordIds:
+    return WordIds(codes, vocab)
 
 
-def binarize_job(
-    job: Job, codes: str, vocab: str, dtype: str, max_len: int, long_lines: str, batch: int = 1000
-) -> BinarizeStats:
+def binarize_job(job: Job, codes: str, vocab: str, dtype: str, max_len: int, long_lines: str) -> BinarizeStats:
     """BPE + id-map the job's words file into per-split, per-side flat arrays (`.tokens` with `</s>` after each
     sentence, `.lengths`). `max_len > 0` truncates (`long_lines=truncate`) or drops (`drop`; the whole pair
     for parallel data) sentences longer than `max_len` BPE tokens."""
-    bpe, dico = _load_bpe_and_dico(codes, vocab)
+    word_ids = _load_word_ids(codes, vocab)
+    eos, unk = word_ids.dico.eos_index, word_ids.dico.unk_index
     n_sides = len(job.paths)
     stats = BinarizeStats()
     buf: dict[tuple[str, int], tuple[list[int], list[int]]] = {
         (s, k): ([], []) for s in SPLITS for k in range(n_sides)
     }
     with open(job.words_path, encoding="utf-8") as f:
-        while lines := [line for _, line in zip(range(batch), f)]:
-            fields = [line.rstrip("\n").split("\t") for line in lines]
-            bped = [bpe.apply([fl[1 + k] for fl in fields]) for k in range(n_sides)]
-            for j, fl in enumerate(fields):
-                split = _CODE_SPLIT[fl[0]]
-                sents = []
-                for k in range(n_sides):
-                    ids, n_special = ids_from_pieces(bped[k][j].split(" "), dico)
-                    stats.special_dropped += n_special
-                    sents.append(ids)
-                if max_len > 0 and any(len(s) > max_len for s in sents):
-                    if long_lines == "drop":
-                        stats.too_long_dropped += 1
-                        continue
-                    stats.truncated += sum(len(s) > max_len for s in sents)
-                    sents = [s[:max_len] for s in sents]
-                if not all(sents):  # every piece of a side was a dropped special token
-                    stats.empty_dropped += 1
-                    continue
-                for k, ids in enumerate(sents):
-                    toks, lens = buf[(split, k)]
-                    toks.extend(ids)
-                    toks.append(dico.eos_index)
-                    lens.append(len(ids))
-                    stats.unk_tokens += ids.count(dico.unk_index)
-                stats.sentences[split] += 1
-                stats.tokens[split] += sum(len(s) for s in sents)
+        fields = [line.rstrip("\n").split("\t") for line in f]
+    sides = [[fl[1 + k].split(" ") for fl in fields] for k in range(n_sides)]
+    word_ids.add([words for side in sides for words in side])
+    ids_of, specials = word_ids.ids.__getitem__, word_ids.specials
+    for j, fl in enumerate(fields):
+        split = _CODE_SPLIT[fl[0]]
+        sents = [list(chain.from_iterable(map(ids_of, side[j]))) for side in sides]
+        if specials:
+            stats.special_dropped += sum(specials.get(w, 0) for side in sides for w in side[j])
+        if max_len > 0 and any(len(s) > max_len for s in sents):
+            if long_lines == "drop":
+                stats.too_long_dropped += 1
+                continue
+            stats.truncated += sum(len(s) > max_len for s in sents)
+            sents = [s[:max_len] for s in sents]
+        if not all(sents):  # every piece of a side was a dropped special token
+            stats.empty_dropped += 1
+            continue
+        for k, ids in enumerate(sents):
+            toks, lens = buf[(split, k)]
+            toks += ids
+            toks.append(eos)
+            lens.append(len(ids))
+            stats.unk_tokens += ids.count(unk)
+        stats.sentences[split] += 1
+        stats.tokens[split] += sum(len(s) for s in sents)
     for (split, k), (toks, lens) in buf.items():
         prefix = job.ids_prefix(split, k)
         np.asarray(toks, dtype=dtype).tofile(f"{prefix}.tokens")

@@ -11,24 +11,53 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 EOW = "</w>"
 
 
-def _merge_word(word: list[str], left: str, right: str) -> list[str]:
-    """Merge the non-overlapping occurrences of (left, right), left to right (fastBPE's apply order)."""
-    out, i, n = [], 0, len(word)
-    while i < n:
-        if i < n - 1 and word[i] == left and word[i + 1] == right:
-            out.append(left + right)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
+def _merge_word(word: list[str], left: str, right: str, merged: str) -> tuple[list[str], list[int], list[int]] | None:
+    """Merge the non-overlapping occurrences of (left, right), left to right (fastBPE's apply order).
+
+    Returns the new word, the positions (in `word`) of the pairs that disappear and the positions (in the new
+    word) of the pairs that appear (all other pairs are unchanged), or None when the pair does not occur.
+    """
+    out: list[str] | None = None
+    gone: list[int] = []
+    born: list[int] = []
+    last = len(word) - 1
+    copied = search = 0  # word[:copied] is in out; no merge starts before search
+    try:
+        for _ in range(word.count(left)):  # list.index scans in C; a word is short, a pair in it rare
+            j = word.index(left, search)
+            if j >= last:
+                break
+            if word[j + 1] != right:
+                search = j + 1
+                continue
+            if out is None:
+                out = word[:j]
+            else:
+                out += word[copied:j]
+            q = len(out)
+            out.append(merged)
+            # old pairs j-1, j, j+1 and new pairs q-1, q touch the merge; a merge ending at j-1 already
+            # listed old pair j-1 and new pair q-1
+            if gone and gone[-1] == j - 1:
+                gone += [j, j + 1]
+                born.append(q)
+            else:
+                gone += [j - 1, j, j + 1]
+                born += [q - 1, q]
+            copied = search = j + 2
+    except ValueError:  # left == right: a merge used up an occurrence that count() saw
+        pass
+    if out is None:
+        return None
+    out += word[copied:]
+    return out, [p for p in gone if 0 <= p < last], [p for p in born if 0 <= p < len(out) - 1]
 
 
 def learn_bpe(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str, int]]:
@@ -43,45 +72,51 @@ def learn_bpe(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str
         if word and n > 0:
             words.append([*word[:-1], word[-1] + EOW])
             freqs.append(n)
-    pair_counts: Counter[tuple[str, str]] = Counter()
+    pair_counts: dict[tuple[str, str], int] = {}
     where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
     for wi, (word, n) in enumerate(zip(words, freqs)):
         for pair in zip(word, word[1:]):
-            pair_counts[pair] += n
+            pair_counts[pair] = pair_counts.get(pair, 0) + n
             where[pair].add(wi)
-    # Max-heap on count, then min on (left, right): entries are (-count, left, right); stale entries
-    # (whose count changed since they were pushed) are skipped when popped.
+    # Max-heap on count, then min on (left, right): entries are (-count, left, right). Invariant: every pair
+    # has an entry whose count is >= its true count (a pair is pushed when its count grows, not when it
+    # shrinks); a popped entry above the true count is pushed again with the true count, so the first entry
+    # popped at its true count is the best pair.
     heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
     heapq.heapify(heap)
     merges: list[tuple[str, str, int]] = []
     while heap and len(merges) < n_merges:
         neg, left, right = heapq.heappop(heap)
         count = pair_counts.get((left, right), 0)
-        if count <= 0 or -neg != count:
+        if count <= 0 or -neg < count:
+            continue
+        if -neg > count:
+            heapq.heappush(heap, (-count, left, right))
             continue
         merges.append((left, right, count))
-        changed: set[tuple[str, str]] = set()
+        merged = left + right
+        delta: dict[tuple[str, str], int] = {}
         for wi in where.pop((left, right)):
             old = words[wi]
-            new = _merge_word(old, left, right)
-            if len(new) == len(old):
+            result = _merge_word(old, left, right, merged)
+            if result is None:  # an earlier merge took the pair away from this word
                 continue
+            new, gone, born = result
             n = freqs[wi]
-            for pair in zip(old, old[1:]):
-                pair_counts[pair] -= n
-                changed.add(pair)
-            for pair in zip(new, new[1:]):
-                pair_counts[pair] += n
+            for p in gone:
+                pair = (old[p], old[p + 1])
+                delta[pair] = delta.get(pair, 0) - n
+            for p in born:
+                pair = (new[p], new[p + 1])
+                delta[pair] = delta.get(pair, 0) + n
                 where[pair].add(wi)
-                changed.add(pair)
             words[wi] = new
-        del pair_counts[(left, right)]
-        for pair in changed:
-            c = pair_counts.get(pair, 0)
-            if c > 0:
+        for pair, d in delta.items():
+            c = pair_counts.get(pair, 0) + d
+            pair_counts[pair] = c
+            if d > 0:
                 heapq.heappush(heap, (-c, *pair))
-            else:
-                pair_counts.pop(pair, None)
+        del pair_counts[(left, right)]
     return merges
 
 

@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import sacremoses
 
+from xlmtrain.data.fastmoses import PunctNormalizer, Tokenizer
+
 # zh/th/ja are segmented by these optional packages, not by the Moses tokenizer.
 SEGMENTER_PACKAGES = {"zh": "rjieba (or jieba)", "th": "pythainlp", "ja": "kytea (Mykytea)"}
 
@@ -30,10 +32,14 @@ _UNICODE_PUNCT = str.maketrans(
         **{chr(0xFF10 + d): str(d) for d in range(10)},  # fullwidth digits
     }
 )  # fmt: skip
+# Any character that replace_unicode_punct changes: one C-level scan decides whether there is work to do.
+_HAS_UNICODE_PUNCT = re.compile("[" + re.escape("。．" + "".join(map(chr, _UNICODE_PUNCT))) + "]")
 
 
 def replace_unicode_punct(text: str) -> str:
     """Moses' `replace-unicode-punctuation.perl`: CJK/fullwidth punctuation and digits to ASCII."""
+    if _HAS_UNICODE_PUNCT.search(text) is None:
+        return text
     return _FULLSTOP.sub(". ", text).translate(_UNICODE_PUNCT)
 
 
@@ -86,18 +92,20 @@ class MosesPipeline:
         """Raises ImportError naming the package when `lang` needs a missing segmenter (zh/th/ja)."""
         self.lang = lang
         self.lowercase = lowercase_and_strip_accents
-        self._normalizer = sacremoses.MosesPunctNormalizer(lang=lang)
-        self._tokenizer = sacremoses.MosesTokenizer(lang=lang)
+        self._normalizer = PunctNormalizer(lang)
+        self._tokenizer = Tokenizer(lang)
         self._segment = _segmenter(lang) if lang in SEGMENTER_PACKAGES else None
 
     def _normalize(self, text: str) -> str:
         text = replace_unicode_punct(text)
-        return remove_non_printing_char(self._normalizer.normalize(text))
+        return remove_non_printing_char(self._normalizer(text))
 
     def __call__(self, text: str) -> list[str]:
         """Words of `text` (no empty strings, no ASCII spaces inside a word)."""
         if self._segment is None:
-            words = self._tokenizer.tokenize(self._normalize(text), escape=False, return_str=False)
+            words = self._tokenizer(self._normalize(text))
+            if not self.lowercase:  # str.split() words: non-empty, no ASCII space; nothing below changes them
+                return words
         elif self.lang == "zh":  # transformers segments zh before normalising (XLM's order too)
             words = self._normalize(" ".join(self._segment(text))).split()
         else:

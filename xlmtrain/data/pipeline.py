@@ -14,15 +14,17 @@ test; everything else is train. The choice depends only on the line count, the s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import re
 import shutil
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,19 +187,24 @@ def _in_range(sorted_ids: np.ndarray, lo: int, hi: int) -> frozenset[int]:
     return frozenset(int(i) for i in sorted_ids[np.searchsorted(sorted_ids, lo) : np.searchsorted(sorted_ids, hi)])
 
 
-def _run(fn: Callable, jobs: list, workers: int, desc: str, progress: bool) -> list:
-    """`[fn(job) for job in jobs]`, in `workers` processes, in job order, with a progress bar."""
+@contextlib.contextmanager
+def _pool(workers: int, n_jobs: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """One process pool for both worker passes (a spawned worker pays ~0.5 s CPU of imports); None means
+    run in-process."""
+    if workers == 1 or n_jobs == 1:
+        yield None
+        return
+    with multiprocessing.get_context("spawn").Pool(min(workers, n_jobs)) as pool:
+        yield pool
+
+
+def _run(fn: Callable, jobs: list, pool: multiprocessing.pool.Pool | None, desc: str, progress: bool) -> list:
+    """`[fn(job) for job in jobs]`, in `pool` (or in-process), in job order, with a progress bar."""
     bar = tqdm(total=len(jobs), desc=desc, unit="chunk", disable=not progress)
     results = []
-    if workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            results.append(fn(job))
-            bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            for result in pool.imap(fn, jobs):
-                results.append(result)
-                bar.update()
+    for result in (map if pool is None else pool.imap)(fn, jobs):
+        results.append(result)
+        bar.update()
     bar.close()
     return results
 
@@ -297,20 +304,21 @@ def preprocess(input_dir: str | Path, output_dir: str | Path, settings: Preproce
             )
     all_jobs = [j for js in jobs_of.values() for j in js]
 
-    tok_stats = _run(_Tokenize(s), all_jobs, s.workers, "tokenize", s.progress)
-    word_counts: Counter[str] = Counter()
-    for st in tok_stats:
-        word_counts.update(st.word_counts)
-        st.word_counts = Counter()
+    with _pool(s.workers, len(all_jobs)) as pool:
+        tok_stats = _run(_Tokenize(s), all_jobs, pool, "tokenize", s.progress)
+        word_counts: Counter[str] = Counter()
+        for st in tok_stats:
+            word_counts.update(st.word_counts)
+            st.word_counts = Counter()
 
-    codes_path, vocab_path = output / "codes", output / "vocab.txt"
-    write_codes(learn_bpe(word_counts, s.bpe_merges), codes_path)
-    dico = _build_vocab(word_counts, BPE(codes_path), s)
-    dico.write_vocab(vocab_path)
-    del word_counts
+        codes_path, vocab_path = output / "codes", output / "vocab.txt"
+        write_codes(learn_bpe(word_counts, s.bpe_merges), codes_path)
+        dico = _build_vocab(word_counts, BPE(codes_path), s)
+        dico.write_vocab(vocab_path)
+        del word_counts
 
-    bin_stats = _run(_Binarize(codes_path, vocab_path, dico.dtype_name, s), all_jobs, s.workers, "binarize",
-                     s.progress)  # fmt: skip
+        bin_stats = _run(_Binarize(codes_path, vocab_path, dico.dtype_name, s), all_jobs, pool, "binarize",
+                         s.progress)  # fmt: skip
     files = _concatenate(sources, jobs_of, dico.dtype_name, output)
     languages = sorted({lang for src in sources for lang in src.langs})
     lang2id = {lang: i for i, lang in enumerate(languages)}

@@ -206,7 +206,6 @@ class XLMTransformer(nn.Module):
             positions = torch.arange(slen, device=input_ids.device)
             attention_mask = positions[None, :] < lengths[:, None]  # (bs, slen)
         keep = attention_mask != 0  # (bs, slen)
-        mask = attention_mask.unsqueeze(-1)  # (bs, slen, 1), multiplies hidden states as transformers does
 
         if position_ids is None:
             position_ids = torch.arange(slen, device=input_ids.device)[None, :]  # (1, slen)
@@ -218,9 +217,12 @@ class XLMTransformer(nn.Module):
         tensor = self.layer_norm_emb(tensor)
         tensor = F.dropout(tensor, p=self.config.dropout, training=self.training)
         # Without padding the hidden-state mask is all ones: skip its multiplies (one pass fwd + bwd per layer).
-        padded = not bool(keep.all())
-        mask = mask.to(tensor.dtype) if padded else None
-        if mask is not None:
+        # Knowing it is a host sync: free on CPU, and already needed for the bias of non-causal attention, so
+        # causal runs on accelerators keep the multiplies rather than add a sync.
+        padded = not bool(keep.all()) if not causal or input_ids.device.type == "cpu" else True
+        mask = None
+        if padded:
+            mask = attention_mask.unsqueeze(-1).to(tensor.dtype)  # (bs, slen, 1), multiplies as transformers does
             tensor = tensor * mask
 
         attn_bias = None

@@ -3,8 +3,20 @@
 Both turn the data pipeline's iterators (`StreamBatches` for monolingual streams, `ParallelBatches`
 for pairs) into `LMBatch`es for the stream's objective. All randomness is derived from counters, not
 from running generator state: the stream of training batch `k` is drawn with a generator seeded by
-`(seed, k)`, its masking with `(seed, k, rank)`, validation masking with `(eval_seed, stream, batch)`.
+`(seed, k)`, its masking with `(seed, k, 1)`, validation masking with `(eval_seed, stream, batch)`.
 So the state of a run is the batch counter plus the data iterators' `{epoch, position}`.
+
+Data parallelism (DDP over `world_size` ranks). `batch_size` / `tokens_per_batch` are GLOBAL: every rank
+walks the same data order, builds the same global batch `k` (the same stream, the same rows, the same
+masking: nothing above depends on the rank) and trains on its own contiguous slice of rows
+(`torch.tensor_split(rows, world_size)[rank]`, padding columns beyond the slice's longest row dropped).
+The slices are disjoint and together are exactly the batch one process would train on, so with the loss
+normalised by the global number of targets (`PretrainModule`) a W-process run takes the same optimizer
+steps as a 1-process run with the same global batch, up to float summation order. Materialising the
+global batch costs each rank a read of `batch_size` rows of token ids, which is negligible next to the
+forward pass, and is what makes the masking of the union independent of how it is split. The batch state
+(counter + positions) is therefore identical on every rank, so rank 0's checkpoint resumes all of them.
+Validation batches are sharded by batch over ranks; their masking is keyed by the global batch number.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -134,6 +146,39 @@ class _Builder:
         return LMBatch(ids, lengths, positions, langs, pred_mask, targets, causal=True)
 
 
+def rank_rows(batch: LMBatch, rank: int, world_size: int, *, where: str = "batch") -> LMBatch:
+    """Rank `rank`'s contiguous slice of the rows of a global `batch`, trailing all-pad columns dropped.
+
+    `targets` are row-major over `pred_mask`, so the slice's targets are a contiguous run of them.
+    Raises ValueError naming `where` if the batch has fewer rows than ranks (a rank would get none).
+    """
+    if world_size == 1:
+        return batch
+    bs = batch.input_ids.shape[0]
+    if bs < world_size:
+        raise ValueError(
+            f"{where} has {bs} rows for {world_size} ranks: raise data.batching.batch_size (or tokens_per_batch)"
+        )
+    rows = torch.tensor_split(torch.arange(bs), world_size)[rank]
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    slen = int(batch.lengths[lo:hi].max())
+    per_row = batch.pred_mask.sum(dim=1)  # (bs,)
+    t_lo, t_hi = int(per_row[:lo].sum()), int(per_row[:hi].sum())
+
+    def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[lo:hi, :slen]  # (rows, slen)
+
+    return replace(
+        batch,
+        input_ids=cut(batch.input_ids),
+        lengths=batch.lengths[lo:hi],
+        positions=cut(batch.positions),
+        langs=cut(batch.langs),
+        pred_mask=cut(batch.pred_mask),
+        targets=batch.targets[t_lo:t_hi],
+    )
+
+
 class PretrainBatches:
     """Infinite iterable of `TrainItem`s drawn from a `StreamMixture`; resumable via `state_after`/`restore`."""
 
@@ -180,11 +225,14 @@ class PretrainBatches:
 
     def configure(self, rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
         """(Re)build the per-stream iterators for this rank; resets positions (load a state afterwards)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.rank, self.world_size, self.accumulate = rank, world_size, max(1, int(accumulate))
         b = self.batching
         self._iterators = []
         for i, spec in enumerate(self.specs):
-            common = dict(seed=self.seed + i, rank=rank, world_size=world_size, shuffle=True)
+            # The global data order (rank 0 of 1) on every rank: ranks split each batch by rows, not the corpus.
+            common = dict(seed=self.seed + i, rank=0, world_size=1, shuffle=True)
             if spec.is_pair:
                 c1, c2 = _pair_corpora(self.data, "train", spec)
                 sizing = {"tokens_per_batch": b.tokens_per_batch} if b.tokens_per_batch else {"batch_size": b.batch_size}
@@ -222,7 +270,8 @@ class PretrainBatches:
             step = k // self.accumulate
             stream = self.mixture.draw(step, _generator(self.seed, k, 0))
             spec = self.specs[stream]
-            batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1, self.rank))
+            batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
+            batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
             self._next_index = k + 1
             self._states[k] = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
             while len(self._states) > _KEEP_STATES:
@@ -294,7 +343,10 @@ class ValidBatches:
     def __iter__(self) -> Iterator[ValidItem]:
         limit = self.batching.valid_max_batches
         for stream, spec in enumerate(self.specs):
-            for j, raw in enumerate(self._iterator(spec)):
+            for local, raw in enumerate(self._iterator(spec)):
+                # This rank's batches are the global batches rank, rank + W, ... (see `data.streams`); keying
+                # the masking and the limit by the global number keeps validation independent of W.
+                j = local * self.world_size + self.rank
                 if limit is not None and j >= limit:
                     break
                 ids, lengths, positions, langs = self.builder.layout(spec, raw)
@@ -305,7 +357,7 @@ class ValidBatches:
                         ids,
                         lengths,
                         mask_index=self.builder.mask_index,
-                        generator=_generator(self.masking.eval_seed, stream, j, self.rank),
+                        generator=_generator(self.masking.eval_seed, stream, j),
                         word_pred=self.masking.word_pred,
                     )
                     batch = LMBatch(

@@ -35,6 +35,7 @@ from xlmtrain.objectives.streams import StreamSpec
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STATE_KEY = "xlmtrain_batches"
+RNG_KEY = "xlmtrain_rng"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,6 +76,7 @@ class PretrainModule(pl.LightningModule):
         self.train_batches = train_batches
         self.valid_batches = valid_batches
         self._pending_batch_state: dict[str, Any] | None = None
+        self._pending_rng_states: torch.Tensor | None = None
         self._last_trained_index = -1
         names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
         self.valid_names = names
@@ -104,21 +106,35 @@ class PretrainModule(pl.LightningModule):
         return out.logits
 
     def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
-        """`lambda * mean CE` of the drawn stream; raises `NonFiniteLossError` naming step and stream."""
+        """`lambda * mean CE` of the drawn stream over the global batch; raises `NonFiniteLossError` naming
+        step and stream.
+
+        Under DDP each rank holds a slice of the global batch (`rank_rows`). The mean is over the targets
+        of ALL ranks (one all-reduce of `[n_targets, CE sum]`), and the rank's loss is scaled by the world
+        size because DDP averages gradients: the update is then the 1-process update of the global batch.
+        The logged losses are the global means (identical on every rank, so no further reduction).
+        """
         spec = self.specs[item.stream]
         logits = self(item.batch)
-        ce = F.cross_entropy(logits.float(), item.batch.targets)
-        if not torch.isfinite(ce):
+        ce_sum = F.cross_entropy(logits.float(), item.batch.targets, reduction="sum")
+        n_total, ce_total = item.batch.targets.numel(), ce_sum.detach()
+        world = self.trainer.world_size
+        if world > 1:
+            sums = self.trainer.strategy.reduce(
+                torch.stack([torch.tensor(float(n_total), device=ce_total.device), ce_total]), reduce_op="sum"
+            )
+            n_total, ce_total = sums[0].item(), sums[1]
+        ce_mean = ce_total / n_total
+        if not torch.isfinite(ce_mean):  # global value: every rank raises together instead of hanging
             raise NonFiniteLossError(
-                f"non-finite loss {ce.item()} at step {self.global_step} (batch {item.index}) on stream {spec.name}"
+                f"non-finite loss {ce_mean.item()} at step {self.global_step} (batch {item.index}) on stream {spec.name}"
             )
         self._last_trained_index = item.index
         bs = item.batch.input_ids.shape[0]
-        self.log(f"train_{spec.name}_loss", ce, on_step=True, on_epoch=False, batch_size=bs)
-        loss = item.lam * ce
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
+        self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return loss
+        return item.lam * ce_sum * (world / n_total)
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
@@ -175,13 +191,25 @@ class PretrainModule(pl.LightningModule):
         return self.valid_batches
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the batch source's state as of the last trained batch (not the prefetched one)."""
+        """Store the batch source's state as of the last trained batch (not the prefetched one) and every
+        rank's torch RNG state (dropout), so a resumed run continues bit for bit."""
         if self.train_batches is not None and self._last_trained_index >= 0:
             checkpoint[STATE_KEY] = self.train_batches.state_after(self._last_trained_index)
+        # Every rank runs this hook (only rank 0 writes the file), so the gather is a matched collective.
+        states = self.all_gather(torch.get_rng_state()) if self.trainer.world_size > 1 else torch.get_rng_state()[None]
+        checkpoint[RNG_KEY] = states.cpu()  # (world_size, rng state bytes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the saved batch state; it is applied when the training dataloader is built."""
+        """Keep the saved batch and RNG states; they are applied when training starts."""
         self._pending_batch_state = checkpoint.get(STATE_KEY)
+        self._pending_rng_states = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        """Restore this rank's RNG state from the checkpoint (only if it was saved with the same world size:
+        otherwise the dropout streams cannot be continued, and a fresh seed is as good as any)."""
+        states, self._pending_rng_states = self._pending_rng_states, None
+        if states is not None and len(states) == self.trainer.world_size:
+            torch.set_rng_state(states[self.global_rank].clone())
 
 
 def _key(name: str) -> str:

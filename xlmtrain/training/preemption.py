@@ -13,8 +13,9 @@ boolean all-reduce per step) and then together:
    ``CheckpointIO`` (``AtomicCheckpointIO``) writes it atomically;
 2. under SLURM (``SLURM_JOB_ID`` set) rank 0 runs ``scontrol requeue <job id>``; the restarted job
    finds the checkpoint with ``find_resume_checkpoint``;
-3. ask the trainer to stop; ``fit`` returns normally and the caller exits with status 0 when
-   ``preempted`` is set (a line printed on rank 0 says how to resume).
+3. ask the trainer to stop, without the validation Lightning would run first; ``fit`` returns
+   normally and the caller exits with status 0 when ``preempted`` is set (a line printed on rank 0
+   says how to resume).
 
 Under submitit (Hydra's ``submitit_slurm`` launcher with ``max_num_timeout > 0``) submitit owns
 requeue: construct the callback with ``requeue=False`` there.
@@ -137,6 +138,10 @@ class PreemptionCallback(Callback):
         self.checkpoint_path = path
         self.preempted = True
         trainer.should_stop = True
+        # Lightning validates before honouring should_stop; that would spend the preemption grace period
+        # (and log a validation the resumed run never repeats). Skip it; the loop reads this flag right after
+        # this hook (a validation scheduled at exactly this step is skipped too: the restart does not redo it).
+        trainer.fit_loop.epoch_loop._skip_next_val = True
         if not trainer.is_global_zero:
             return
         reason = self._received.name if self._received is not None else "a signal on another rank"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import zipfile
 from pathlib import Path
 
-from xlmtrain.training.checkpoint_io import load_checkpoint_file
+from xlmtrain.training.checkpoint_io import atomic_write_bytes, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +81,31 @@ def find_resume_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
         if best is None or key[:2] > best[:2]:
             best = key
     return None if best is None else best[2]
+
+
+def truncate_metrics_csv(path: str | os.PathLike, resume_step: int) -> int:
+    """Drop the rows of a Lightning ``metrics.csv`` logged at ``step >= resume_step``; return how many.
+
+    A run killed after its last checkpoint (step ``resume_step``) may have flushed rows for the steps
+    it then trained; the resumed run logs those steps again, so without this they would appear twice.
+    Lightning logs training rows of optimizer step ``s + 1`` with ``step == s`` and the validation run
+    after ``s + 1`` steps also with ``step == s``; the resumed run redoes steps ``resume_step + 1`` on,
+    i.e. rows ``step >= resume_step``, and not the validation of ``resume_step`` itself, which is kept.
+    The file is rewritten atomically; a missing file is left missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < resume_step]
+    if len(kept) == len(rows):
+        return 0
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_bytes(out.getvalue().encode(), path)
+    return len(rows) - len(kept)

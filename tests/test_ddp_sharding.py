@@ -1,0 +1,81 @@
+"""DDP batch sharding: every rank draws the same stream, and the ranks' row slices are the 1-process batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from xlmtrain.data.preprocessed import PreprocessedData
+from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, TrainItem, ValidBatches
+from xlmtrain.objectives.streams import StreamSpec
+
+SPECS = [StreamSpec("mlm", "io"), StreamSpec("clm", "vo"), StreamSpec("tlm", "io-vo")]
+
+
+def _batches(prep: Path, rank: int, world: int, n: int, **batching: int) -> list[TrainItem]:
+    data = PreprocessedData(prep)
+    source = PretrainBatches(
+        SPECS, data, n_words=len(data.dictionary), counts=data.dictionary.counts,
+        batching=BatchSettings(**{"batch_size": 6, "bptt": 16, **batching}), masking=MaskingSettings(), seed=3,
+    )  # fmt: skip
+    source.configure(rank=rank, world_size=world)
+    out = []
+    for item in source:
+        out.append(item)
+        if len(out) == n:
+            return out
+
+
+def _pad(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("batching", [{}, {"tokens_per_batch": 200}], ids=["batch_size", "tokens_per_batch"])
+def test_rank_slices_union_is_the_single_process_batch(synthetic_prep: Path, world: int, batching: dict) -> None:
+    whole = _batches(synthetic_prep, 0, 1, 24, **batching)
+    ranks = [_batches(synthetic_prep, r, world, 24, **batching) for r in range(world)]
+    assert {s.objective for s in SPECS} == {SPECS[i.stream].objective for i in whole}  # every stream drawn
+    for k, item in enumerate(whole):
+        parts = [r[k] for r in ranks]
+        assert [p.stream for p in parts] == [item.stream] * world, f"batch {k}: ranks drew different streams"
+        assert [p.index for p in parts] == [k] * world and {p.lam for p in parts} == {item.lam}
+        b = item.batch
+        width = b.input_ids.shape[1]
+        rows = [p.batch.input_ids.shape[0] for p in parts]
+        assert sum(rows) == b.input_ids.shape[0] and max(rows) - min(rows) <= 1
+        real = torch.arange(width)[None, :] < b.lengths[:, None]  # (bs, width)
+        for name in ("input_ids", "pred_mask", "langs", "positions"):
+            mine = [getattr(p.batch, name) for p in parts]
+            if getattr(b, name) is None:
+                assert all(m is None for m in mine)
+                continue
+            # A slice keeps only the columns its own rows need (the others are padding in all its rows).
+            assert [m.shape[1] for m in mine] == [int(p.batch.lengths.max()) for p in parts]
+            joined = torch.cat([_pad(m, width, 0) for m in mine])
+            torch.testing.assert_close(joined[real], getattr(b, name)[real], rtol=0, atol=0, msg=name)
+        assert not b.pred_mask[~real].any()
+        torch.testing.assert_close(torch.cat([p.batch.lengths for p in parts]), b.lengths)
+        torch.testing.assert_close(torch.cat([p.batch.targets for p in parts]), b.targets)
+        assert all(p.batch.causal == b.causal for p in parts)
+
+
+def test_too_few_rows_for_the_ranks_is_named(synthetic_prep: Path) -> None:
+    with pytest.raises(ValueError, match=r"batch 0 of stream .* has 2 rows for 4 ranks: raise data.batching"):
+        _batches(synthetic_prep, 0, 4, 1, batch_size=2)
+
+
+def test_validation_union_does_not_depend_on_world_size(synthetic_prep: Path) -> None:
+    data = PreprocessedData(synthetic_prep)
+
+    def items(rank: int, world: int) -> list:
+        source = ValidBatches(SPECS, data, n_words=len(data.dictionary), masking=MaskingSettings(),
+                              batching=BatchSettings(valid_batch_size=8, bptt=16, valid_max_batches=4))  # fmt: skip
+        source.configure(rank=rank, world_size=world)
+        return [(i.stream, i.batch.input_ids.tolist(), i.batch.targets.tolist()) for i in source]
+
+    whole = items(0, 1)
+    split = items(0, 2) + items(1, 2)
+    assert len(whole) == 12 and sorted(split) == sorted(whole)

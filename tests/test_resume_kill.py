@@ -1,0 +1,96 @@
+"""Killing the real training CLI and starting the same command again continues the run bit for bit.
+
+Every run here is `python -m xlmtrain` in a subprocess, with dropout on (so the RNG state matters), several
+streams (stream positions, masking counters), warmup (LR scheduler) and Adam (optimizer state); each is
+compared with one uninterrupted run: per-step losses in metrics.csv and the exported weights, exactly.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.xlmtrain_cli import (checkpoint_steps, exported_weights, resumed_from, run, start, tiny_overrides, train_rows,
+                                valid_rows)
+from xlmtrain.training.resume import validated_step
+
+STEPS = ["trainer.max_steps=24", "checkpoint.every_n_train_steps=8", "trainer.val_check_interval=8"]
+
+pytestmark = pytest.mark.slow
+
+
+def _args(prep: Path, run_dir: Path) -> list[str]:
+    return [*tiny_overrides(prep, run_dir, "mlm_tlm"), *STEPS]
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run(_args(synthetic_prep, run_dir), run_dir.parent)
+    return run_dir
+
+
+def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> None:
+    """Poll metrics.csv (written row by row) until the run logged training step `step`."""
+    deadline = time.monotonic() + timeout
+    while not any(r["step"] >= step for r in train_rows(run_dir)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"run ended or stalled before step {step}:\n{proc.communicate()[0]}")
+        time.sleep(0.05)
+
+
+def _assert_same_run(run_dir: Path, reference: Path) -> None:
+    # Only the columns logged every step: Lightning repeats a per-stream loss column's last value on the
+    # steps of other streams, so those cells depend on when the process started.
+    ours, theirs = ([(r["step"], r["train_loss"], r["lr"]) for r in train_rows(d)] for d in (run_dir, reference))
+    assert [r[0] for r in ours] == list(range(24)), "every step logged exactly once"
+    assert ours == theirs  # bit for bit
+    assert valid_rows(run_dir) == valid_rows(reference)
+    a, b = exported_weights(run_dir), exported_weights(reference)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_sigkill_after_a_checkpoint_then_restart_is_bit_identical(synthetic_prep: Path, tmp_path: Path,
+                                                                 reference: Path) -> None:  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = start(_args(synthetic_prep, run_dir), tmp_path)
+    _wait_for_step(proc, run_dir, 11)  # past the step-8 checkpoint and validation, before the next one
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert validated_step(run_dir / "checkpoints" / "last.ckpt") == 8
+    assert max(r["step"] for r in train_rows(run_dir)) >= 11  # rows the restart must not duplicate
+    assert not (run_dir / "model").exists()
+
+    before = checkpoint_steps(run_dir)
+    out = run(_args(synthetic_prep, run_dir), tmp_path)
+    assert before[resumed_from(out, run_dir)] == 8  # last.ckpt or the best checkpoint of the same step
+    _assert_same_run(run_dir, reference)
+
+
+def test_sigterm_saves_exits_zero_and_the_next_start_resumes(synthetic_prep: Path, tmp_path: Path,
+                                                            reference: Path) -> None:  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = start(_args(synthetic_prep, run_dir), tmp_path)
+    _wait_for_step(proc, run_dir, 3)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    saved = run_dir / "checkpoints" / "last.ckpt"
+    step = validated_step(saved)
+    assert 3 < step < 24
+    assert f"SIGTERM at step {step}: saved {saved}; run the same command again to resume from it" in out
+    assert not (run_dir / "model").exists(), "a preempted run does not export"
+    assert "xlmtrain run summary" not in out
+
+    before = checkpoint_steps(run_dir)
+    out = run(_args(synthetic_prep, run_dir), tmp_path)
+    assert before[resumed_from(out, run_dir)] == step
+    _assert_same_run(run_dir, reference)
