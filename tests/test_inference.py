@@ -237,6 +237,12 @@ def test_retrieval_hand_checked_cosine_vs_margin() -> None:
     assert retrieval_p_at_1(src, tgt, scoring="margin", k=1) == (100.0, 100.0)
     with pytest.raises(LineCountMismatchError):
         retrieval_p_at_1(src, tgt[:2])
+    # Centring removes an offset shared by one side's rows. With (0, 10) added, every target points almost
+    # straight up and t1 = (1, 10) leans furthest towards the sources (all at 25..65 degrees): raw cosine
+    # sends every source to t1. Centring both sides restores the geometry: s_i -> t_i.
+    shifted = tgt / 3.0 + np.array([0.0, 10.0])
+    assert best_matches(src, shifted)[0].tolist() == [1, 1, 1]
+    assert best_matches(src, shifted, center=True)[0].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown scoring"):
         best_matches(src, tgt, scoring="dot")
 

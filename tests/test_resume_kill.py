@@ -88,6 +88,7 @@ def test_sigterm_saves_exits_zero_and_the_next_start_resumes(synthetic_prep: Pat
     assert 3 < step < 24
     assert f"SIGTERM at step {step}: saved {saved}; run the same command again to resume from it" in out
     assert not (run_dir / "model").exists(), "a preempted run does not export"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"], "one checkpoint, no last-v1"
     assert "xlmtrain run summary" not in out
 
     before = checkpoint_steps(run_dir)

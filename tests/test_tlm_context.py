@@ -8,7 +8,6 @@ Each run is the full default demo (~2 minutes on 2 CPU cores), hence slow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -31,11 +30,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 PROBES = {"tokens": {}, "content words": {"skip_words": (".",)}}
 
 
-def _train_and_probe(
-    recipe: str, cache_dir: Path, run_dir: Path
-) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
-    """Train `+recipe=recipe` with its defaults; return its summary and, per probe of `PROBES`, the `vo`
-    masked-token accuracy (alone, with the `io` translation in context)."""
+def _train_and_probe(recipe: str, cache_dir: Path, run_dir: Path) -> dict[str, tuple[float, ...]]:
+    """Train `+recipe=recipe` with its defaults; per probe of `PROBES`, the `vo` masked-token accuracy
+    (alone, with the `io` translation in context)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "xlmtrain",
@@ -47,18 +44,18 @@ def _train_and_probe(
                 "trainer.enable_model_summary=false",
             ],
         )
-    summary = train(cfg)
+    train(cfg)
     data = PreprocessedData(resolve_data(cfg.data, cache_dir))
     model = load_model(run_dir / "model")
     accuracy = {
         name: tuple(context_accuracy(model, data, "io", "vo", with_context=c, **kw) for c in (False, True))
         for name, kw in PROBES.items()
     }
-    return summary, accuracy
+    return accuracy
 
 
 def test_tlm_model_reads_the_translation(cache_dir: Path, tmp_path: Path) -> None:
-    _, accuracy = _train_and_probe("tlm", cache_dir, tmp_path / "tlm")
+    accuracy = _train_and_probe("tlm", cache_dir, tmp_path / "tlm")
     # Measured (seed 0): tokens 24.4% -> 81.4%, content words 3.0% -> 75.6% (alone a vo noun is a
     # 1-in-24 guess; its io translation determines it).
     for name, (alone, paired) in accuracy.items():
@@ -66,7 +63,9 @@ def test_tlm_model_reads_the_translation(cache_dir: Path, tmp_path: Path) -> Non
 
 
 def test_mlm_model_does_not_gain_from_a_translation(cache_dir: Path, tmp_path: Path) -> None:
-    summary, accuracy = _train_and_probe("mlm", cache_dir, tmp_path / "mlm")
-    assert summary["train_loss_last"] < summary["train_loss_first"] - 1.0, "the MLM model did not train"
+    accuracy = _train_and_probe("mlm", cache_dir, tmp_path / "mlm")
+    # Measured (seed 0): tokens 23.6% -> 24.4%, content words 3.6% -> 4.2%. The first bound shows the MLM
+    # model is a fair control: alone it is as good as the TLM model (24.4%).
+    assert accuracy["tokens"][0] > 18.0, f"the MLM model did not learn: vo accuracy alone {accuracy['tokens'][0]:.1f}%"
     for name, (alone, paired) in accuracy.items():
         assert paired < alone + 3.0, f"MLM, {name}: vo accuracy alone {alone:.1f}%, with io in context {paired:.1f}%"

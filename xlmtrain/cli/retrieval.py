@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=4, help="neighbours of the margin (default 4)")
     parser.add_argument("--pooling", choices=POOLINGS, default="first")
     parser.add_argument("--layer", type=int, default=-1, help="-1 = last block, 0 = embedding output")
+    parser.add_argument("--center", action="store_true", help="subtract each side's mean embedding before scoring")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     return parser.parse_args(argv)
@@ -46,7 +47,7 @@ def retrieval_command(args: argparse.Namespace) -> None:
     model = load_from_args(args)
     result = evaluate_retrieval(
         model, list(read_lines(args.src)), list(read_lines(args.tgt)), args.src_lang, args.tgt_lang,
-        scoring=args.scoring, k=args.k, pooling=args.pooling, layer=args.layer, batch_size=args.batch_size,
+        scoring=args.scoring, k=args.k, pooling=args.pooling, layer=args.layer, center=args.center, batch_size=args.batch_size,
         names=(str(args.src), str(args.tgt)),
     )
     print(result.table())

@@ -30,6 +30,7 @@ class RetrievalCallback(pl.Callback):
         scoring: Scoring = "cosine",
         pooling: Pooling = "first",
         layer: int = -1,
+        center: bool = False,
         batch_size: int = 64,
     ) -> None:
         """
@@ -39,6 +40,7 @@ class RetrievalCallback(pl.Callback):
             split: `valid` or `test`.
             scoring: `cosine` or `margin` (see `xlmtrain.inference.retrieval`).
             pooling, layer: sentence embedding (see `xlmtrain.inference.embeddings`).
+            center: subtract each side's mean embedding before scoring.
             batch_size: sentences per forward pass.
 
         Raises ValueError on a malformed pair, an unknown scoring or pooling, or `n_sentences < 1`.
@@ -54,7 +56,7 @@ class RetrievalCallback(pl.Callback):
                 raise ValueError(f"retrieval callback: pair {pair!r} is not of the form l1-l2")
         self.pairs = [str(p) for p in pairs] if pairs else None
         self.n_sentences, self.split = n_sentences, split
-        self.scoring, self.pooling, self.layer, self.batch_size = scoring, pooling, layer, batch_size
+        self.scoring, self.pooling, self.layer, self.center, self.batch_size = scoring, pooling, layer, center, batch_size
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Embed each pair's slice with `pl_module.model` and log P@1 in both directions."""
@@ -79,7 +81,7 @@ class RetrievalCallback(pl.Callback):
                         batch_size=self.batch_size, pad_index=data.dictionary.pad_index,
                     )
                 )
-            p12, p21 = retrieval_p_at_1(sides[0], sides[1], scoring=self.scoring)
+            p12, p21 = retrieval_p_at_1(sides[0], sides[1], scoring=self.scoring, center=self.center)
             # Every rank computes the same numbers on the same slice; sync_dist only averages equal values.
             pl_module.log(f"valid_{l1}-{l2}_retrieval_p@1", p12, sync_dist=True)
             pl_module.log(f"valid_{l2}-{l1}_retrieval_p@1", p21, sync_dist=True)

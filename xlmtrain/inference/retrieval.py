@@ -8,6 +8,9 @@ each direction. Scoring:
   `NN_k(x)` are the k nearest targets of source x and `NN_k(y)` the k nearest sources of target y. It
   penalises "hubs" (vectors close to everything), which cosine retrieval keeps choosing.
 
+`center=True` first subtracts each side's mean embedding, removing the language-specific offset that
+dominates cosine between languages ("language-neutral" centring, Libovický et al. 2020).
+
 Similarities are computed `chunk` rows at a time, so memory is O(chunk * n), not O(n^2).
 """
 
@@ -32,8 +35,10 @@ class LineCountMismatchError(ValueError):
     """The two sides of a bitext do not have the same number of lines."""
 
 
-def _normalize(x: np.ndarray | Tensor) -> Tensor:
+def _normalize(x: np.ndarray | Tensor, center: bool) -> Tensor:
     x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
+    if center:
+        x = x - x.mean(0, keepdim=True)
     return torch.nn.functional.normalize(x, dim=-1)
 
 
@@ -55,7 +60,13 @@ def _best(x: Tensor, y: Tensor, rx: Tensor | None, ry: Tensor | None, chunk: int
 
 
 def best_matches(
-    src: np.ndarray | Tensor, tgt: np.ndarray | Tensor, *, scoring: Scoring = "cosine", k: int = 4, chunk: int = 1024
+    src: np.ndarray | Tensor,
+    tgt: np.ndarray | Tensor,
+    *,
+    scoring: Scoring = "cosine",
+    k: int = 4,
+    center: bool = False,
+    chunk: int = 1024,
 ) -> tuple[Tensor, Tensor]:
     """Best target index for every source row and best source index for every target row.
 
@@ -63,6 +74,7 @@ def best_matches(
         src, tgt: (n_src, dim) and (n_tgt, dim) embeddings (any scale; cosine normalises them).
         scoring: `cosine` or `margin` (see the module docstring).
         k: neighbourhood size of the margin.
+        center: subtract each side's mean first.
         chunk: rows scored at once.
 
     Raises ValueError on an unknown scoring, a non-positive k, or mismatched dimensions.
@@ -71,7 +83,7 @@ def best_matches(
         raise ValueError(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
     if k < 1:
         raise ValueError(f"margin k must be >= 1, got {k}")
-    x, y = _normalize(src), _normalize(tgt)
+    x, y = _normalize(src, center), _normalize(tgt, center)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"embeddings must be 2-D with the same width, got {tuple(x.shape)} and {tuple(y.shape)}")
     rx = ry = None
@@ -86,7 +98,7 @@ def precision_at_1(best: Tensor) -> float:
 
 
 def retrieval_p_at_1(
-    src: np.ndarray | Tensor, tgt: np.ndarray | Tensor, *, scoring: Scoring = "cosine", k: int = 4
+    src: np.ndarray | Tensor, tgt: np.ndarray | Tensor, *, scoring: Scoring = "cosine", k: int = 4, center: bool = False
 ) -> tuple[float, float]:
     """P@1 (%) source -> target and target -> source of aligned embeddings (row i of both is one pair).
 
@@ -94,7 +106,7 @@ def retrieval_p_at_1(
     """
     if len(src) != len(tgt):
         raise LineCountMismatchError(f"aligned embeddings need equal row counts, got {len(src)} and {len(tgt)}")
-    s2t, t2s = best_matches(src, tgt, scoring=scoring, k=k)
+    s2t, t2s = best_matches(src, tgt, scoring=scoring, k=k, center=center)
     return precision_at_1(s2t), precision_at_1(t2s)
 
 
@@ -108,6 +120,7 @@ class RetrievalResult:
     scoring: str
     pooling: str
     layer: int
+    center: bool
     p_at_1_src2tgt: float
     p_at_1_tgt2src: float
     chance: float
@@ -128,7 +141,10 @@ class RetrievalResult:
             ("chance", f"{self.chance:.2f}"),
         ]
         width = max(len(r[0]) for r in rows)
-        head = f"bitext retrieval: {self.sentences} pairs, {self.scoring} scoring, {self.pooling} pooling, layer {self.layer}"
+        head = (
+            f"bitext retrieval: {self.sentences} pairs, {self.scoring} scoring, {self.pooling} pooling, "
+            f"layer {self.layer}{', centred' if self.center else ''}"
+        )
         return "\n".join([head, *(f"  {a:<{width}}  {b:>8}" for a, b in rows)])
 
 
@@ -143,6 +159,7 @@ def evaluate_retrieval(
     k: int = 4,
     pooling: Pooling = "first",
     layer: int = -1,
+    center: bool = False,
     batch_size: int = 64,
     names: tuple[str, str] = ("source", "target"),
 ) -> RetrievalResult:
@@ -163,9 +180,9 @@ def evaluate_retrieval(
     tgt, tgt_stats = embed_sentences(model, tgt_lines, tgt_lang, **common)
     for stats, name in ((src_stats, names[0]), (tgt_stats, names[1])):
         stats.warn(name, model.max_len)
-    p12, p21 = retrieval_p_at_1(src, tgt, scoring=scoring, k=k)
+    p12, p21 = retrieval_p_at_1(src, tgt, scoring=scoring, k=k, center=center)
     return RetrievalResult(
-        src_lang, tgt_lang, len(src_lines), scoring, pooling, layer, p12, p21, chance=100.0 / len(src_lines),
+        src_lang, tgt_lang, len(src_lines), scoring, pooling, layer, center, p12, p21, chance=100.0 / len(src_lines),
         src_empty=src_stats.empty, tgt_empty=tgt_stats.empty,
         src_truncated=src_stats.truncated, tgt_truncated=tgt_stats.truncated,
     )

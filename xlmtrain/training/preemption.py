@@ -33,7 +33,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,12 @@ class PreemptionCallback(Callback):
         # (and log a validation the resumed run never repeats). Skip it; the loop reads this flag right after
         # this hook (a validation scheduled at exactly this step is skipped too: the restart does not redo it).
         trainer.fit_loop.epoch_loop._skip_next_val = True
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                # Its `on_train_end` would write one more `save_last` file for this step, with the epoch marked
+                # finished, which resume would then prefer (same step, newer): tell it this step is saved.
+                callback._last_global_step_saved = trainer.global_step
+                callback._last_checkpoint_saved = str(path)
         if not trainer.is_global_zero:
             return
         reason = self._received.name if self._received is not None else "a signal on another rank"
