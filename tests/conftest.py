@@ -28,3 +28,45 @@ def synthetic_prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     raw = write_corpus(root / "raw", langs=("io", "vo"), n_mono=1500, n_para=1500, seed=0)
     return ensure_preprocessed(raw, root / "cache", bpe_merges=300, valid_lines=100, test_lines=100, workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `paths.cache_dir` for the session's default-recipe runs: the synthetic corpus is generated and
+    preprocessed once."""
+    return tmp_path_factory.mktemp("xlmtrain_cache")
+
+
+def _default_run(recipe: str, cache_dir: Path, run_dir: Path) -> Path:
+    """`python -m xlmtrain +recipe=<recipe>` with its defaults (seed 0, no data.dir) into `run_dir`, with the
+    composed config saved as `run_dir/.hydra/config.yaml`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from xlmtrain.cli.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "xlmtrain",
+            overrides=[f"+recipe={recipe}", f"paths.cache_dir={cache_dir}", f"run_dir={run_dir}",
+                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"],
+        )
+    GlobalHydra.instance().clear()
+    train(cfg)
+    # As the CLI does, so code reading a run dir (recipes/synthetic/probe.py) finds the composed config.
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tlm_default_run(default_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run dir of the default `+recipe=tlm` (600 steps, ~25 s CPU); for slow tests only."""
+    return _default_run("tlm", default_cache_dir, tmp_path_factory.mktemp("runs") / "tlm")
+
+
+@pytest.fixture(scope="session")
+def mlm_default_run(default_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run dir of the default `+recipe=mlm` (same model, steps, lr and tokens per step as `+recipe=tlm`)."""
+    return _default_run("mlm", default_cache_dir, tmp_path_factory.mktemp("runs") / "mlm")

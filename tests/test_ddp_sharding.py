@@ -79,3 +79,24 @@ def test_validation_union_does_not_depend_on_world_size(synthetic_prep: Path) ->
     whole = items(0, 1)
     split = items(0, 2) + items(1, 2)
     assert len(whole) == 12 and sorted(split) == sorted(whole)
+
+
+def test_ranks_get_their_own_dropout_stream() -> None:
+    """Ranks are seeded alike for identical init; at train start rank r > 0 moves to its own RNG stream."""
+    from types import SimpleNamespace
+
+    from xlmtrain.model.config import XLMConfig
+    from xlmtrain.objectives.pretrain import PretrainModule
+
+    config = XLMConfig(vocab_size=30, emb_dim=8, n_layers=1, n_heads=2).to_dict()
+    draws = {}
+    for rank in (0, 1):
+        torch.manual_seed(7)
+        module = PretrainModule(config, [], optimizer=torch.optim.SGD)
+        module._trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        module.on_train_start()
+        draws[rank] = torch.rand(4)
+    torch.manual_seed(7)
+    PretrainModule(config, [], optimizer=torch.optim.SGD)
+    assert torch.equal(draws[0], torch.rand(4)), "rank 0 keeps the seeded stream (1-process runs unchanged)"
+    assert not torch.equal(draws[0], draws[1])

@@ -253,14 +253,15 @@ def test_evaluate_retrieval_and_cli(model_dir: Path, bitext: tuple[Path, Path], 
     m = load_inference_model(model_dir)
     src, tgt = bitext
     src_lines, tgt_lines = src.read_text().splitlines(), tgt.read_text().splitlines()
-    result = evaluate_retrieval(m, src_lines, tgt_lines, "io", "vo", scoring="margin")
+    result = evaluate_retrieval(m, src_lines, tgt_lines, "io", "vo", scoring="margin", pooling="first", center=False)
     a, _ = embed_sentences(m, src_lines, "io")
     b, _ = embed_sentences(m, tgt_lines, "vo")
     assert (result.p_at_1_src2tgt, result.p_at_1_tgt2src) == retrieval_p_at_1(a, b, scoring="margin")
     assert result.sentences == 20 and result.chance == 5.0
 
     out = tmp_path / "r.json"
-    argv = [str(model_dir), "--src", str(src), "--tgt", str(tgt), "--src-lang", "io", "--tgt-lang", "vo", "--scoring", "margin"]
+    argv = [str(model_dir), "--src", str(src), "--tgt", str(tgt), "--src-lang", "io", "--tgt-lang", "vo", "--scoring", "margin",
+            "--pooling", "first", "--no-center"]
     assert retrieval_cli.main([*argv, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "io -> vo" in printed and "vo -> io" in printed and "chance" in printed

@@ -194,3 +194,75 @@ def test_fresh_init_follows_transformers() -> None:
     assert abs(emb.std().item() - config.embed_init_std) < 0.002
     lin = model.transformer.attentions[0].q_lin
     assert abs(lin.weight.std().item() - config.init_std) < 0.003 and lin.bias.abs().max() == 0
+
+
+# The selected-rows last block (`output_positions`, used by `pred_mask`) against transformers' full model.
+SELECTED_CASES = ["base_lengths", "sinusoidal_langs_mask", "causal_tlm_positions", "unpadded_token_types",
+                  "empty_row_mask"]
+
+
+def _pred_mask(gen: torch.Generator, inputs: dict) -> torch.Tensor:
+    """~30% of the positions, uneven per row; a row without any (row 1) and selected padding included."""
+    pred_mask = torch.rand(BS, SLEN, generator=gen) < 0.3
+    pred_mask[0, 0] = pred_mask[0, SLEN - 1] = True
+    pred_mask[1] = False
+    pred_mask[2, SLEN - 1] = True  # a padded position in every padded case: zero hidden state, as transformers
+    return pred_mask
+
+
+def _no_dropout(*models: torch.nn.Module) -> None:
+    for model in models:
+        model.config.dropout = 0.0
+        for module in model.modules():
+            if hasattr(module, "dropout") and isinstance(module.dropout, float):
+                module.dropout = 0.0
+
+
+@pytest.mark.parametrize("case", SELECTED_CASES)
+def test_pred_mask_last_block_equals_transformers_full_logits(case: str) -> None:
+    changes, padding, extras = CASES[case]
+    gen = torch.Generator().manual_seed(5)
+    inputs = make_inputs(changes, padding, extras, gen)
+    pred_mask = _pred_mask(gen, inputs)
+    targets = torch.randint(0, VOCAB, (BS, SLEN), generator=gen)
+    hf, ours = make_pair("lm", changes)
+    with torch.no_grad():
+        full = hf(**inputs, labels=targets.masked_fill(~pred_mask, -100))
+        fast = ours(**inputs, pred_mask=pred_mask, labels=targets[pred_mask])
+    assert fast.logits.shape == (int(pred_mask.sum()), VOCAB)
+    assert close(fast.logits, full.logits[pred_mask])
+    assert abs(fast.loss.item() - full.loss.item()) <= TOL
+
+
+@pytest.mark.parametrize("case", ["base_lengths", "causal_tlm_positions", "unpadded_token_types"])
+def test_pred_mask_last_block_gradients_equal_transformers(case: str) -> None:
+    changes, padding, extras = CASES[case]
+    gen = torch.Generator().manual_seed(6)
+    inputs = make_inputs(changes, padding, extras, gen)
+    pred_mask = _pred_mask(gen, inputs) & (inputs["input_ids"] != 2)  # MLM never predicts padding
+    targets = torch.randint(0, VOCAB, (BS, SLEN), generator=gen)
+    hf, ours = make_pair("lm", changes)
+    hf.train(), ours.train()
+    _no_dropout(hf, ours)
+    hf(**inputs, labels=targets.masked_fill(~pred_mask, -100)).loss.backward()
+    ours(**inputs, pred_mask=pred_mask, labels=targets[pred_mask]).loss.backward()
+    expected = {k: p.grad for k, p in hf.named_parameters()}
+    for key, param in ours.named_parameters():
+        assert close(expected[key], param.grad), key
+
+
+def test_output_positions_without_any_selected_row_and_with_hidden_states() -> None:
+    _, ours = make_pair("lm", dict())
+    inputs = make_inputs(dict(), "lengths", (), torch.Generator().manual_seed(7))
+    none = torch.zeros(BS, SLEN, dtype=torch.bool)
+    some = torch.zeros(BS, SLEN, dtype=torch.bool)
+    some[0, 3] = some[2, 1] = True
+    with torch.no_grad():
+        assert ours.transformer(**inputs, output_positions=none).shape == (0, 32)
+        full = ours.transformer(**inputs)
+        with_states = ours.transformer.encode(**inputs, output_positions=some, output_hidden_states=True)
+        fast = ours.transformer(**inputs, output_positions=some)
+    assert close(with_states.last_hidden_state, full[some]) and close(fast, full[some])
+    assert close(with_states.hidden_states[-1], full)
+    with pytest.raises(ValueError, match="output_positions must be a bool tensor"):
+        ours.transformer(**inputs, output_positions=some.long())

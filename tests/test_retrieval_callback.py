@@ -56,6 +56,8 @@ def test_callback_logs_p_at_1_of_the_trained_model(synthetic_prep: Path, tmp_pat
     cfg = _cfg(
         "+recipe=tlm", f"data.dir={synthetic_prep}", f"run_dir={run}", *TINY, "callbacks=retrieval",
         "callbacks.retrieval.n_sentences=30", "trainer.max_steps=4", "trainer.val_check_interval=2",
+        # _p_at_1's embedding and scoring (the callback's default is mean pooling, centred, margin)
+        "callbacks.retrieval.pooling=first", "callbacks.retrieval.scoring=cosine", "callbacks.retrieval.center=false",
     )
     train(cfg)
     rows = [r for r in read_metrics(run / "metrics.csv") if "valid_io-vo_retrieval_p@1" in r]

@@ -125,7 +125,8 @@ def build(cfg: DictConfig) -> tuple[PretrainModule, pl.Trainer, PreprocessedData
     pl.seed_everything(cfg.seed, workers=True)
     data = PreprocessedData(resolve_data(cfg.data, Path(cfg.paths.cache_dir).expanduser()))
     specs = expand_streams(cfg.objective.streams, data)
-    config = model_config(cfg.model, data)
+    compile_model = bool(cfg.model.get("compile", False))  # a build switch, not an XLMConfig field
+    config = model_config(OmegaConf.create({k: v for k, v in cfg.model.items() if k != "compile"}), data)
     batching = BatchSettings(**OmegaConf.to_container(cfg.data.batching, resolve=True))
     m = OmegaConf.to_container(cfg.objective.masking, resolve=True)
     masking = MaskingSettings(**{**m, "keep_rand": tuple(m["keep_rand"])})
@@ -143,6 +144,8 @@ def build(cfg: DictConfig) -> tuple[PretrainModule, pl.Trainer, PreprocessedData
         train_batches=train,
         valid_batches=valid,
     )
+    if compile_model:
+        module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()]
     trainer = hydra.utils.instantiate(

@@ -112,12 +112,11 @@ class XLMWithLMHead(XLMHeadModel):
             output_hidden_states: return every layer's output in `hidden_states`.
             **inputs: encoder inputs (`attention_mask`, `langs`, `position_ids`, `lengths`, `causal`, ...).
         """
-        encoded = self._encode(input_ids, output_hidden_states, **inputs)
-        hidden = encoded.last_hidden_state  # (bs, slen, dim)
-        if pred_mask is not None:
-            if pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape:
-                raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
-            hidden = hidden[pred_mask]  # (n_pred, dim)
+        if pred_mask is not None and (pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape):
+            raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
+        # With pred_mask the encoder's last block runs only at those rows: (n_pred, dim), row-major.
+        encoded = self._encode(input_ids, output_hidden_states, output_positions=pred_mask, **inputs)
+        hidden = encoded.last_hidden_state  # (bs, slen, dim) or (n_pred, dim)
         logits = self.pred_layer.proj(hidden)  # (bs, slen, V) or (n_pred, V)
         loss = None
         if labels is not None:

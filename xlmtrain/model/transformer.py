@@ -64,13 +64,20 @@ class MultiHeadAttention(nn.Module):
         self.v_lin = nn.Linear(dim, dim)
         self.out_lin = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None, is_causal: bool) -> Tensor:
-        """x (bs, slen, dim); attn_bias None or additive (bs, 1, 1, slen). Returns (bs, slen, dim)."""
+    def forward(
+        self, x: Tensor, attn_bias: Tensor | None, is_causal: bool, query_input: Tensor | None = None
+    ) -> Tensor:
+        """Keys and values from x (bs, slen, dim); queries from `query_input` (bs, m, dim), default x.
+
+        attn_bias: None or additive, broadcastable to (bs, h, m, slen). Returns (bs, m, dim).
+        """
         bs, slen, dim = x.shape
-        split = (bs, slen, self.n_heads, dim // self.n_heads)
-        q = self.q_lin(x).view(split).transpose(1, 2)  # (bs, h, slen, hd)
-        k = self.k_lin(x).view(split).transpose(1, 2)  # (bs, h, slen, hd)
-        v = self.v_lin(x).view(split).transpose(1, 2)  # (bs, h, slen, hd)
+        query_input = x if query_input is None else query_input
+        m = query_input.size(1)
+        hd = dim // self.n_heads
+        q = self.q_lin(query_input).view(bs, m, self.n_heads, hd).transpose(1, 2)  # (bs, h, m, hd)
+        k = self.k_lin(x).view(bs, slen, self.n_heads, hd).transpose(1, 2)  # (bs, h, slen, hd)
+        v = self.v_lin(x).view(bs, slen, self.n_heads, hd).transpose(1, 2)  # (bs, h, slen, hd)
         dropout_p = self.dropout if self.training else 0.0
         if dropout_p > 0 and x.device.type == "cpu":
             # On CPU, SDPA with dropout falls back to its math kernel, which adds a NaN-safe softmax (three
@@ -79,23 +86,24 @@ class MultiHeadAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, is_causal=is_causal
-            )  # (bs, h, slen, hd)
-        return self.out_lin(context.transpose(1, 2).reshape(bs, slen, dim))  # (bs, slen, dim)
+            )  # (bs, h, m, hd)
+        return self.out_lin(context.transpose(1, 2).reshape(bs, m, dim))  # (bs, m, dim)
 
 
 def _attention_with_dropout(
     q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor | None, is_causal: bool, dropout_p: float
 ) -> Tensor:
-    """softmax(q k^T / sqrt(hd) + bias) with dropout, times v: SDPA's semantics. q, k, v (bs, h, slen, hd)."""
-    scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-1, -2))  # (bs, h, slen, slen)
+    """softmax(q k^T / sqrt(hd) + bias) with dropout, times v: SDPA's semantics. q (bs, h, m, hd), k, v
+    (bs, h, slen, hd); `is_causal` needs m == slen (queries at every position)."""
+    scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-1, -2))  # (bs, h, m, slen)
     if is_causal:
         slen = q.size(-2)
         future = torch.ones(slen, slen, dtype=torch.bool, device=q.device).triu(1)  # (slen, slen)
         scores.masked_fill_(future, float("-inf"))
     elif attn_bias is not None:
-        scores.add_(attn_bias)  # (bs, 1, 1, slen) broadcast; in place is safe: matmul saves q and k, not scores
-    weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)  # (bs, h, slen, slen)
-    return torch.matmul(weights, v)  # (bs, h, slen, hd)
+        scores.add_(attn_bias)  # broadcast; in place is safe: matmul saves q and k, not scores
+    weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)  # (bs, h, m, slen)
+    return torch.matmul(weights, v)  # (bs, h, m, hd)
 
 
 class TransformerFFN(nn.Module):
@@ -151,8 +159,9 @@ class XLMTransformer(nn.Module):
         position_ids: Tensor | None = None,
         lengths: Tensor | None = None,
         causal: bool | None = None,
+        output_positions: Tensor | None = None,
     ) -> Tensor:
-        """Last hidden state (bs, slen, dim); see `encode` for the arguments."""
+        """Last hidden state (bs, slen, dim), or (n_sel, dim) with `output_positions`; see `encode`."""
         return self.encode(
             input_ids,
             attention_mask=attention_mask,
@@ -161,6 +170,7 @@ class XLMTransformer(nn.Module):
             position_ids=position_ids,
             lengths=lengths,
             causal=causal,
+            output_positions=output_positions,
         ).last_hidden_state
 
     def encode(
@@ -174,6 +184,7 @@ class XLMTransformer(nn.Module):
         lengths: Tensor | None = None,
         causal: bool | None = None,
         output_hidden_states: bool = False,
+        output_positions: Tensor | None = None,
     ) -> EncoderOutput:
         """Run the encoder.
 
@@ -188,6 +199,12 @@ class XLMTransformer(nn.Module):
             causal: lower-triangular attention; default `config.causal`. Padding is not combined into a
                 causal mask (as XLM and transformers): with right padding it cannot be reached anyway.
             output_hidden_states: also return the embedding output and every block's output.
+            output_positions: bool (bs, slen): `last_hidden_state` is then `(n_sel, dim)`, the final hidden
+                states at these positions in row-major order, equal to the full computation gathered there.
+                The last block computes keys and values at every position but its queries, attention
+                output, LayerNorms and FFN only at the selected ones (MLM/TLM: ~15% of the rows). In training
+                mode the dropout draws differ from the full path (same distribution). With
+                `output_hidden_states` the full path runs and its last state is gathered.
 
         Raises:
             ValueError: on shapes that do not match `input_ids` or sequences longer than the position table.
@@ -197,9 +214,12 @@ class XLMTransformer(nn.Module):
         if slen > self.config.max_position_embeddings:
             limit = self.config.max_position_embeddings
             raise ValueError(f"sequence length {slen} exceeds max_position_embeddings={limit}")
-        for name, tensor in (("attention_mask", attention_mask), ("langs", langs), ("position_ids", position_ids)):
+        named = (("attention_mask", attention_mask), ("langs", langs), ("position_ids", position_ids))
+        for name, tensor in (*named, ("output_positions", output_positions)):
             if tensor is not None and tensor.shape != (bs, slen):
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {(bs, slen)} like input_ids")
+        if output_positions is not None and output_positions.dtype != torch.bool:
+            raise ValueError(f"output_positions must be a bool tensor, got {output_positions.dtype}")
         if attention_mask is None:
             if lengths is None:
                 lengths = (input_ids != self.config.pad_index).sum(dim=1)  # (bs,)
@@ -233,13 +253,52 @@ class XLMTransformer(nn.Module):
             attn_bias.masked_fill_(~keep[:, None, None, :], torch.finfo(tensor.dtype).min)  # (bs, 1, 1, slen)
 
         hidden_states = [tensor] if output_hidden_states else None
-        for attention, norm1, ffn, norm2 in zip(self.attentions, self.layer_norm1, self.ffns, self.layer_norm2):
-            attn = attention(tensor, attn_bias, is_causal=causal)  # (bs, slen, dim)
-            tensor = norm1(tensor + F.dropout(attn, p=self.config.dropout, training=self.training))
-            tensor = norm2(tensor + ffn(tensor))
+        n_full = self.config.n_layers
+        if output_positions is not None and not output_hidden_states:
+            n_full -= 1  # the last block runs on the selected rows only (`_selected_block`)
+        for i in range(n_full):
+            tensor = self._block(i, tensor, attn_bias, causal)
             if mask is not None:
                 tensor = tensor * mask
             if hidden_states is not None:
                 hidden_states.append(tensor)
-        return EncoderOutput(tensor, tuple(hidden_states) if hidden_states is not None else None)
+        if output_positions is None:
+            return EncoderOutput(tensor, tuple(hidden_states) if hidden_states is not None else None)
+        if hidden_states is not None:
+            return EncoderOutput(tensor[output_positions], tuple(hidden_states))
+        return EncoderOutput(self._selected_block(tensor, output_positions, attn_bias, mask, causal))
 
+    def _block(
+        self, i: int, x: Tensor, attn_bias: Tensor | None, causal: bool, query_input: Tensor | None = None
+    ) -> Tensor:
+        """Block i: keys/values from x (bs, slen, dim), everything else on the rows of `query_input` (bs, m, dim),
+        default x. Returns (bs, m, dim)."""
+        attn = self.attentions[i](x, attn_bias, causal, query_input)
+        residual = x if query_input is None else query_input
+        tensor = self.layer_norm1[i](residual + F.dropout(attn, p=self.config.dropout, training=self.training))
+        return self.layer_norm2[i](tensor + self.ffns[i](tensor))
+
+    def _selected_block(
+        self, x: Tensor, selected: Tensor, attn_bias: Tensor | None, mask: Tensor | None, causal: bool
+    ) -> Tensor:
+        """The last block's output at the `selected` (bs, slen) positions of its input x: (n_sel, dim), row-major.
+
+        Each row's selected positions are packed left into m = max-per-row query slots (unused slots repeat
+        unselected positions and are dropped), so attention stays a batched (bs, h, m, slen) product.
+        """
+        bs, slen, dim = x.shape
+        counts = selected.sum(dim=1)  # (bs,)
+        m = int(counts.max()) if bs else 0  # host sync; boolean indexing below needs one anyway
+        # A stable sort puts each row's selected positions first, in increasing order.
+        slots = torch.sort((~selected).to(torch.uint8), dim=1, stable=True).indices[:, :m]  # (bs, m)
+        used = torch.arange(m, device=x.device)[None, :] < counts[:, None]  # (bs, m)
+        queries = x.gather(1, slots[..., None].expand(bs, m, dim))  # (bs, m, dim)
+        if causal:  # each query sees the keys up to its own position (padding ignored, as the full path)
+            future = torch.arange(slen, device=x.device)[None, None, :] > slots[..., None]  # (bs, m, slen)
+            attn_bias = torch.zeros(bs, 1, m, slen, dtype=x.dtype, device=x.device)
+            attn_bias.masked_fill_(future[:, None], float("-inf"))  # (bs, 1, m, slen); a query sees itself
+        # Otherwise the padding bias (bs, 1, 1, slen) or None applies to every query as it is.
+        out = self._block(self.config.n_layers - 1, x, attn_bias, False, queries)[used]  # (n_sel, dim)
+        if mask is not None:
+            out = out * mask[selected]  # (n_sel, 1): zero at selected padding, as the full path
+        return out

@@ -123,18 +123,30 @@ class PretrainModule(pl.LightningModule):
             sums = self.trainer.strategy.reduce(
                 torch.stack([torch.tensor(float(n_total), device=ce_total.device), ce_total]), reduce_op="sum"
             )
-            n_total, ce_total = sums[0].item(), sums[1]
+            n_total, ce_total = sums[0], sums[1]  # kept on the device: no host sync
         ce_mean = ce_total / n_total
-        if not torch.isfinite(ce_mean):  # global value: every rank raises together instead of hanging
-            raise NonFiniteLossError(
-                f"non-finite loss {ce_mean.item()} at step {self.global_step} (batch {item.index}) on stream {spec.name}"
-            )
+        self._check_finite(ce_mean, item.index, spec.name)
         self._last_trained_index = item.index
         bs = item.batch.input_ids.shape[0]
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
         return item.lam * ce_sum * (world / n_total)
+
+    def _check_finite(self, ce_mean: torch.Tensor, batch_index: int, stream: str) -> None:
+        """Raise `NonFiniteLossError` naming step, batch and stream if the (global) loss is NaN or infinite.
+
+        Reading the value is a host-device sync: free on CPU, so checked every step there; on accelerators
+        only every `trainer.log_every_n_steps` steps (the first step too). A non-finite loss poisons the
+        weights, so later losses stay non-finite and the check still stops the run within that many steps.
+        The value is global (all-reduced), so under DDP every rank raises together instead of hanging.
+        """
+        if ce_mean.device.type != "cpu" and self.global_step % max(self.trainer.log_every_n_steps, 1):
+            return
+        if not torch.isfinite(ce_mean):
+            raise NonFiniteLossError(
+                f"non-finite loss {ce_mean.item()} at step {self.global_step} (batch {batch_index}) on stream {stream}"
+            )
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
@@ -210,6 +222,10 @@ class PretrainModule(pl.LightningModule):
         states, self._pending_rng_states = self._pending_rng_states, None
         if states is not None and len(states) == self.trainer.world_size:
             torch.set_rng_state(states[self.global_rank].clone())
+        elif self.global_rank > 0:
+            # Every rank was seeded alike (identical init); give each its own dropout stream, or all ranks
+            # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
 
 def _key(name: str) -> str:
