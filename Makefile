@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.xlmtrain-installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 # The default test suite (slow tests excluded; see `make test-all`).
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
+
+# The slow tests alone: real subprocess kills, DDP, a one-machine SLURM (apt-installed by the fixture),
+# longer training runs (~10 min on 2 cores). CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -104,19 +104,28 @@ def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats:
     return stats
 
 
-def encoder_forward_flops(shape: Shape, n_tokens: int, slen: int) -> float:
+def encoder_forward_flops(shape: Shape, n_tokens: int, slen: int, last_block_rows: int | None = None) -> float:
     """Matmul FLOPs of one encoder forward over `n_tokens` positions in rows of `slen`.
 
     Per layer and token: q, k, v, out projections 4 * 2 d^2, FFN 2 * 2 * d * 4d, attention scores and
-    weighted values 2 * 2 * slen * d. Embedding lookups, LayerNorm, GELU, softmax are not counted.
+    weighted values 2 * 2 * slen * d. With `last_block_rows` (xlmtrain's `output_positions`), the last
+    block computes k and v at every token but the rest only at that many rows. Embedding lookups,
+    LayerNorm, GELU, softmax are not counted.
     """
     d = shape.dim
-    return shape.layers * n_tokens * (24 * d * d + 4 * slen * d)
+    per_token = 24 * d * d + 4 * slen * d
+    if last_block_rows is None:
+        return shape.layers * n_tokens * per_token
+    last = n_tokens * 4 * d * d + last_block_rows * (20 * d * d + 4 * slen * d)
+    return (shape.layers - 1) * n_tokens * per_token + last
 
 
-def train_step_flops(shape: Shape, n_tokens: int, slen: int, n_logits: int) -> float:
+def train_step_flops(
+    shape: Shape, n_tokens: int, slen: int, n_logits: int, last_block_rows: int | None = None
+) -> float:
     """Matmul FLOPs of forward + backward: 3 x (encoder forward + 2 * d * vocab per row of logits)."""
-    return 3 * (encoder_forward_flops(shape, n_tokens, slen) + 2 * shape.dim * shape.vocab * n_logits)
+    encoder = encoder_forward_flops(shape, n_tokens, slen, last_block_rows)
+    return 3 * (encoder + 2 * shape.dim * shape.vocab * n_logits)
 
 
 def machine_description(threads: int) -> str:

@@ -11,7 +11,8 @@ process, steps interleaved so that background load hits both alike:
   elsewhere, full-vocabulary logits and CE at every position, backward, `clip_grad_norm_(1.0)` (Trainer's
   `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
 Both optimizers are fused AdamW, lr 1e-4, weight decay 0 (`--unfused-adam` to use the for-loop one on both).
-fp32 by default; `--bf16` runs both under CPU bf16 autocast, `--compile` wraps the xlmtrain model in `torch.compile`.
+fp32 by default; `--bf16` runs both under CPU bf16 autocast; `--compile` adds a third contender, xlmtrain compiled
+(`model.compile()`, as `model.compile=true`), and the last line is then the compiled one's speedup.
 
 Tokens per step = batch x slen input positions. MFU = analytic matmul FLOPs of the step (see
 `benchlib.train_step_flops`: 3 x (L * T * (24 d^2 + 4 slen d) + 2 d V * n_logits), n_logits = predicted
@@ -153,13 +154,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per contender")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the xlmtrain model")
+    parser.add_argument("--compile", action="store_true", help="also time xlmtrain under torch.compile (last line: its speedup)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (CPUs with AVX512-BF16/AMX)")
     parser.add_argument("--unfused-adam", action="store_true", help="for-loop AdamW on both sides")
     parser.add_argument("--quick", action="store_true", help="tiny shape, batch 4 x 32, 1 + 2 steps")
     args = parser.parse_args(argv)
     if args.quick:
         args.shapes, args.batch_size, args.slen, args.warmup, args.repeats = "tiny", 4, 32, 1, 2
+    if args.compile:  # every batch shape (n_pred varies) compiled twice (static, then dynamic) before timing
+        args.warmup = max(args.warmup, 8)
     return args
 
 
@@ -175,35 +178,43 @@ def main(argv: list[str] | None = None) -> None:
     for shape in (SHAPES[s] for s in args.shapes.split(",")):
         config = model_config(shape)
         hf_model = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()
-        xlm_model = XLMWithLMHead(config).train()
-        xlm_model.load_state_dict(hf_model.state_dict(), strict=False)  # same weights (position_ids is extra)
-        xlm_run = torch.compile(xlm_model) if args.compile else xlm_model
-        xlm_opt, hf_opt = adamw(xlm_model, not args.unfused_adam), adamw(hf_model, not args.unfused_adam)
+        # xlmtrain eager, plus xlmtrain compiled in place (as `model.compile=true` in build) with --compile.
+        variants = ["xlmtrain", "xlmtrain compiled"] if args.compile else ["xlmtrain"]
+        xlm_models = {}
+        for name in variants:
+            xlm_models[name] = XLMWithLMHead(config).train()
+            xlm_models[name].load_state_dict(hf_model.state_dict(), strict=False)  # same weights (no position_ids)
+            if name == "xlmtrain compiled":
+                xlm_models[name].compile()
+        fused = not args.unfused_adam
+        xlm_opts = {name: adamw(model, fused) for name, model in xlm_models.items()}
+        hf_opt = adamw(hf_model, fused)
         for objective in args.objectives.split(","):
             generator = torch.Generator().manual_seed(1)
             batches = [make_batch(objective, shape, bs, slen, generator) for _ in range(4)]
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
-            stats = time_interleaved(
-                {
-                    "xlmtrain": _cycle(lambda b: xlmtrain_step(xlm_run, xlm_opt, b.xlm, args.bf16), batches),
-                    "transformers": _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf, args.bf16), batches),
-                },
-                warmup=args.warmup,
-                repeats=args.repeats,
-            )
+            steps = {
+                name: _cycle(
+                    lambda b, m=model, o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16), batches
+                )
+                for name, model in xlm_models.items()
+            }
+            steps["transformers"] = _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf, args.bf16), batches)
+            stats = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats)
             peaks.append(matmul_peak_gflops())
-            n_logits = {"xlmtrain": n_pred, "transformers": tokens}
-            ratio = stats["xlmtrain"].tokens_per_s(tokens)[0] / stats["transformers"].tokens_per_s(tokens)[0]
-            speedups[(shape.name, objective)] = ratio
+            hf_rate = stats["transformers"].tokens_per_s(tokens)[0]
+            ratios = {name: stats[name].tokens_per_s(tokens)[0] / hf_rate for name in xlm_models}
+            speedups[(shape.name, objective)] = ratios[variants[-1]]
             for name, st in stats.items():
                 med, lo, hi = st.tokens_per_s(tokens)
-                flops = train_step_flops(shape, tokens, slen, n_logits[name])
+                ours = name != "transformers"  # logits and the last block only at the predicted positions
+                flops = train_step_flops(shape, tokens, slen, n_pred if ours else tokens, n_pred if ours else None)
                 rows.append(
                     [shape.name, objective, name, f"{med:.0f}", f"{lo:.0f}", f"{hi:.0f}", f"{st.median_s:.3f}",
                      f"{st.peak_rss_mb:.0f}", f"{flops / 1e9:.1f}", flops / st.median_s / 1e9,
-                     f"{ratio:.2f}x" if name == "xlmtrain" else ""]
+                     f"{ratios[name]:.2f}x" if ours else ""]
                 )
-        del xlm_model, xlm_run, hf_model, xlm_opt, hf_opt
+        del xlm_models, hf_model, xlm_opts, hf_opt
     peak = statistics.median(peaks)
     for row in rows:
         row[9] = f"{100 * row[9] / peak:.0f}%"

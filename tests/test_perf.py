@@ -77,6 +77,42 @@ def test_train_step_flops_by_hand() -> None:
     assert benchlib.train_step_flops(shape, n_tokens=10, slen=5, n_logits=3) == 3 * (20 * 1696 + 4800)
 
 
+def test_train_step_flops_with_selected_last_block_by_hand() -> None:
+    shape = benchlib.Shape("t", vocab=100, dim=8, layers=2, heads=2)
+    # layer 1 full: 10 * 1696; last layer: k, v at 10 tokens (10 * 4 * 64) + 3 rows * (20 * 64 + 4 * 5 * 8).
+    assert benchlib.encoder_forward_flops(shape, 10, 5, last_block_rows=3) == 16960 + 2560 + 3 * 1440
+    assert benchlib.train_step_flops(shape, 10, 5, 3, last_block_rows=3) == 3 * (16960 + 2560 + 4320 + 4800)
+
+
+def test_non_finite_loss_names_step_batch_and_stream() -> None:
+    from xlmtrain.objectives.pretrain import NonFiniteLossError, PretrainModule
+
+    config = XLMConfig(vocab_size=40, emb_dim=16, n_layers=1, n_heads=2)
+    module = PretrainModule(config.to_dict(), [{"objective": "mlm", "langs": "en"}], optimizer=torch.optim.AdamW)
+    module._check_finite(torch.tensor(2.5), 7, "en_mlm")  # finite: no error
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at step 0 \(batch 7\) on stream en_mlm"):
+        module._check_finite(torch.tensor(float("nan")), 7, "en_mlm")
+
+
+def test_model_compile_flag_and_fused_adam_in_build(synthetic_prep: Path, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from xlmtrain.cli.train import build, conf_dir
+
+    overrides = [f"data.dir={synthetic_prep}", f"run_dir={tmp_path}", "+recipe=mlm"]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        eager = compose("xlmtrain", overrides=overrides)
+        compiled = compose("xlmtrain", overrides=[*overrides, "model.compile=true"])
+    assert eager.model.compile is False and eager.optim.optimizer.fused is True
+    module, _, _ = build(eager)
+    assert module.model._compiled_call_impl is None and "compile" not in module.hparams["model_config"]
+    module, _, _ = build(compiled)
+    assert module.model._compiled_call_impl is not None  # compiled in place: state-dict keys unchanged
+    assert all(not key.startswith("_orig_mod") for key in module.model.state_dict())
+    optimizer = module.optimizer_factory(module.parameters())
+    assert optimizer.defaults["fused"] is True
+
+
 def test_step_stats_and_table() -> None:
     stats = benchlib.StepStats([2.0, 1.0, 4.0])
     assert stats.tokens_per_s(8) == (4.0, 2.0, 8.0)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,13 +41,22 @@ def resolve_data(data_cfg: DictConfig, cache_dir: Path) -> Path:
     settings = OmegaConf.to_container(data_cfg.preprocess, resolve=True)
     if data_cfg.dir is None:
         syn = OmegaConf.to_container(data_cfg.synthetic, resolve=True)
-        key = hashlib.sha256(json.dumps(syn, sort_keys=True).encode()).hexdigest()[:12]
+        # shared_names=0 (the default corpus) keeps the cache key it had before the option existed.
+        hashed = {k: v for k, v in syn.items() if not (k == "shared_names" and v == 0)}
+        key = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:12]
         raw = cache_dir / "synthetic" / key
         if not raw.is_dir():
             # Written aside and renamed, so an interrupted generation is never mistaken for a complete one.
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=_mkdir(raw.parent)))
-            write_corpus(tmp, langs=tuple(syn["langs"]), n_mono=syn["n_mono"], n_para=syn["n_para"], seed=syn["seed"])
-            os.replace(tmp, raw)
+            write_corpus(tmp, langs=tuple(syn["langs"]), n_mono=syn["n_mono"], n_para=syn["n_para"], seed=syn["seed"],
+                         shared_names=syn.get("shared_names", 0))
+            try:
+                os.replace(tmp, raw)
+            except OSError:
+                if not raw.is_dir():
+                    raise
+                # Another run generated the same (deterministic) corpus first: use theirs.
+                shutil.rmtree(tmp)
         return ensure_preprocessed(raw, cache_dir / "preprocessed", **settings)
     directory = Path(data_cfg.dir).expanduser()
     if not directory.is_dir():

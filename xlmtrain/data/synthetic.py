@@ -13,6 +13,10 @@ Volapuk and Interlingua); the text written here is none of those: it is generate
 | vo | SOV | after the noun, agrees in number | suffix `-ok` | suffix `-il` | verb suffix `-ma` | object suffix `-u` |
 | ia | VSO | after the noun | particle `ta` before the noun | particle `ka` before the verb | particle `mi` first | none |
 
+Opt-in shared anchors (`shared_names=N`, default 0): the first N of `NAMES`, proper names spelt the same in
+every language (as real languages share names and numbers), may stand for the subject or object; they take no
+number but do take vo's object case. Only they, and `.`, are shared surface tokens.
+
 `render(meaning, lang)` is the grammar; later tasks (e.g. synthetic NLI with entailment from dropping an
 adjective, contradiction from negation) reuse `Meaning` and `render`.
 """
@@ -20,7 +24,7 @@ adjective, contradiction from negation) reuse `Meaning` and `render`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 NOUNS = (
@@ -30,6 +34,13 @@ NOUNS = (
 VERBS = "see like carry find follow paint build watch help call hold seek".split()
 ADJECTIVES = "big small red old young happy quiet green tall dark".split()
 LANGUAGES = ("io", "vo", "ia")
+# Proper names from consonants no language uses, so a name never coincides with a stem.
+_NAME_RNG = random.Random(5)
+NAMES = tuple(
+    dict.fromkeys("".join(_NAME_RNG.choice("cqx") + _NAME_RNG.choice("aeiou") for _ in range(2)) for _ in range(400))
+)[:40]
+NAME_PROB = 0.3
+"""With `shared_names`, the probability that the subject (and, independently, the object) is a name."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,8 @@ class Meaning:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
-            ("subject", self.subject, NOUNS),
-            ("obj", self.obj, NOUNS),
+            ("subject", self.subject, (*NOUNS, *NAMES)),
+            ("obj", self.obj, (*NOUNS, *NAMES)),
             ("verb", self.verb, VERBS),
         ):
             if value not in allowed:
@@ -68,9 +79,13 @@ class Meaning:
                 raise ValueError(f"Meaning.{name}: unknown adjective {value!r}")
 
 
-def sample_meaning(rng: random.Random) -> Meaning:
-    """Draw a meaning uniformly over concepts; adjectives appear with probability 0.4 each."""
-    return Meaning(
+def sample_meaning(rng: random.Random, shared_names: int = 0) -> Meaning:
+    """Draw a meaning uniformly over concepts; adjectives appear with probability 0.4 each. With
+    `shared_names=N`, subject and object are each replaced by one of the first N `NAMES` with probability
+    `NAME_PROB` (singular); N=0 draws exactly as before, so the default corpus is unchanged."""
+    if not 0 <= shared_names <= len(NAMES):
+        raise ValueError(f"shared_names={shared_names}: expected 0..{len(NAMES)}")
+    m = Meaning(
         subject=rng.choice(NOUNS),
         verb=rng.choice(VERBS),
         obj=rng.choice(NOUNS),
@@ -81,6 +96,13 @@ def sample_meaning(rng: random.Random) -> Meaning:
         past=rng.random() < 0.5,
         negated=rng.random() < 0.2,
     )
+    if shared_names:
+        names = NAMES[:shared_names]
+        if rng.random() < NAME_PROB:
+            m = replace(m, subject=rng.choice(names), subject_plural=False)
+        if rng.random() < NAME_PROB:
+            m = replace(m, obj=rng.choice(names), obj_plural=False)
+    return m
 
 
 # Each language builds its stems from its own sound inventory, so no surface form is shared across
@@ -117,13 +139,14 @@ LEXICONS: dict[str, dict[str, str]] = {lang: _make_lexicon(lang) for lang in LAN
 
 def _noun_phrase(lang: str, noun: str, adj: str | None, plural: bool, is_object: bool) -> list[str]:
     lex = LEXICONS[lang]
+    stem = lex.get(noun, noun)  # a name is spelt the same in every language
     if lang == "io":
-        return ([lex[adj]] if adj else []) + [lex[noun] + ("s" if plural else "")]
+        return ([lex[adj]] if adj else []) + [stem + ("s" if plural else "")]
     if lang == "vo":
         number = "ok" if plural else ""
-        head = lex[noun] + number + ("u" if is_object else "")
+        head = stem + number + ("u" if is_object else "")
         return [head] + ([lex[adj] + number] if adj else [])
-    return (["ta"] if plural else []) + [lex[noun]] + ([lex[adj]] if adj else [])
+    return (["ta"] if plural else []) + [stem] + ([lex[adj]] if adj else [])
 
 
 def _verb_phrase(lang: str, m: Meaning) -> list[str]:
@@ -160,12 +183,14 @@ def write_corpus(
     n_mono: int = 20000,
     n_para: int = 20000,
     seed: int = 0,
+    shared_names: int = 0,
 ) -> Path:
     """Write a raw corpus in the layout `python -m xlmtrain.preprocess` reads and return `out_dir`.
 
     Files: `<lang>.txt` (`n_mono` sentences of independent meanings per language) and, for every pair
     `l1 < l2` in `langs` order, `<l1>-<l2>.<l1>` / `<l1>-<l2>.<l2>` (`n_para` aligned translations).
-    Deterministic in `seed`: the same arguments write byte-identical files.
+    Deterministic in `seed`: the same arguments write byte-identical files. `shared_names=N` lets the first N
+    `NAMES` (the same in every language) be subjects / objects (see `sample_meaning`); 0 is the default corpus.
     """
     if len(set(langs)) != len(langs) or not langs:
         raise ValueError(f"langs must be distinct synthetic languages, got {langs}")
@@ -176,11 +201,11 @@ def write_corpus(
     out.mkdir(parents=True, exist_ok=True)
     for i, lang in enumerate(langs):
         rng = random.Random(f"{seed}-mono-{lang}")
-        lines = [render(sample_meaning(rng), lang) for _ in range(n_mono)]
+        lines = [render(sample_meaning(rng, shared_names), lang) for _ in range(n_mono)]
         (out / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         for lang2 in langs[i + 1 :]:
             rng = random.Random(f"{seed}-para-{lang}-{lang2}")
-            meanings = [sample_meaning(rng) for _ in range(n_para)]
+            meanings = [sample_meaning(rng, shared_names) for _ in range(n_para)]
             for side in (lang, lang2):
                 text = "\n".join(render(m, side) for m in meanings) + "\n"
                 (out / f"{lang}-{lang2}.{side}").write_text(text, encoding="utf-8")

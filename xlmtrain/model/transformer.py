@@ -238,8 +238,12 @@ class XLMTransformer(nn.Module):
         tensor = F.dropout(tensor, p=self.config.dropout, training=self.training)
         # Without padding the hidden-state mask is all ones: skip its multiplies (one pass fwd + bwd per layer).
         # Knowing it is a host sync: free on CPU, and already needed for the bias of non-causal attention, so
-        # causal runs on accelerators keep the multiplies rather than add a sync.
-        padded = not bool(keep.all()) if not causal or input_ids.device.type == "cpu" else True
+        # causal runs on accelerators keep the multiplies rather than add a sync. Under torch.compile the
+        # multiplies are fused into neighbouring kernels, so they stay, and the graph has no break here.
+        if torch.compiler.is_compiling() or (causal and input_ids.device.type != "cpu"):
+            padded = True
+        else:
+            padded = not bool(keep.all())
         mask = None
         if padded:
             mask = attention_mask.unsqueeze(-1).to(tensor.dtype)  # (bs, slen, 1), multiplies as transformers does

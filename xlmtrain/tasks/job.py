@@ -97,7 +97,8 @@ def task_data(cfg: DictConfig, settings: TaskSettings, model_langs: list[str]) -
                 f"the synthetic languages {train_langs} (python -m xlmtrain +recipe=tlm), or set data.dir"
             )
         syn = cfg.data.synthetic
-        data = synthetic_nli_data(train_langs, eval_langs, n_train=syn.n_train, n_valid=syn.n_valid, n_test=syn.n_test, seed=syn.seed)
+        data = synthetic_nli_data(train_langs, eval_langs, n_train=syn.n_train, n_valid=syn.n_valid, n_test=syn.n_test, seed=syn.seed,
+                                   shared_names=syn.get("shared_names", 0))
         return data, train_langs
     train_langs = settings.train_langs or ["en"]
     finder = find_nli_data if settings.kind == "pair_classification" else find_tagging_data

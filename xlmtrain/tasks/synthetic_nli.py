@@ -30,12 +30,12 @@ def _generalise(meaning: Meaning, rng: random.Random) -> Meaning:
     )
 
 
-def _change(meaning: Meaning, premise: Meaning, rng: random.Random) -> Meaning:
+def _change(meaning: Meaning, premise: Meaning, rng: random.Random, shared_names: int) -> Meaning:
     """`meaning` (a generalisation of `premise`) with one change the premise neither entails nor
     contradicts; alternatives are drawn with `sample_meaning`, so this follows the lexicon of
     `xlmtrain.data.synthetic` whatever its size."""
     while True:
-        other = sample_meaning(rng)
+        other = sample_meaning(rng, shared_names)
         field = rng.choice(("verb", "subject", "obj", "subject_adj", "obj_adj"))
         if field.endswith("_adj"):
             # Adding an adjective makes a more specific claim; replacing one would be a near-contradiction.
@@ -49,15 +49,16 @@ def _change(meaning: Meaning, premise: Meaning, rng: random.Random) -> Meaning:
             return replace(meaning, **{field: value})
 
 
-def nli_pair(rng: random.Random) -> tuple[Meaning, Meaning, int]:
-    """(premise, hypothesis, XLM label id) with the three labels equally likely."""
-    premise = replace(sample_meaning(rng), negated=False)
+def nli_pair(rng: random.Random, shared_names: int = 0) -> tuple[Meaning, Meaning, int]:
+    """(premise, hypothesis, XLM label id) with the three labels equally likely; `shared_names` as in
+    `sample_meaning` (names spelt the same in every language)."""
+    premise = replace(sample_meaning(rng, shared_names), negated=False)
     label = rng.choice((CONTRADICTION, NEUTRAL, ENTAILMENT))
     hypothesis = _generalise(premise, rng)
     if label == CONTRADICTION:
         hypothesis = replace(hypothesis, negated=True)
     elif label == NEUTRAL:
-        hypothesis = replace(_change(hypothesis, premise, rng), negated=rng.random() < 0.3)
+        hypothesis = replace(_change(hypothesis, premise, rng, shared_names), negated=rng.random() < 0.3)
     return premise, hypothesis, label
 
 
@@ -66,16 +67,24 @@ def _render_pairs(pairs: list[tuple[Meaning, Meaning, int]], lang: str) -> list[
 
 
 def synthetic_nli_data(
-    train_langs: list[str], eval_langs: list[str], *, n_train: int, n_valid: int, n_test: int, seed: int
+    train_langs: list[str],
+    eval_langs: list[str],
+    *,
+    n_train: int,
+    n_valid: int,
+    n_test: int,
+    seed: int,
+    shared_names: int = 0,
 ) -> Split:
     """Examples by split and language: `n_train` pairs per training language, `n_valid` / `n_test` pairs
-    (the same meanings in every language) for each of `eval_langs`. Deterministic in `seed`."""
+    (the same meanings in every language) for each of `eval_langs`. Deterministic in `seed`; `shared_names`
+    should match the pretraining corpus (`data.synthetic.shared_names` of the `+recipe=tlm` run)."""
     data: Split = {"train": {}, "valid": {}, "test": {}}
     for lang in train_langs:
         rng = random.Random(f"{seed}-nli-train-{lang}")
-        data["train"][lang] = _render_pairs([nli_pair(rng) for _ in range(n_train)], lang)
+        data["train"][lang] = _render_pairs([nli_pair(rng, shared_names) for _ in range(n_train)], lang)
     for split, n in (("valid", n_valid), ("test", n_test)):
         rng = random.Random(f"{seed}-nli-{split}")
-        pairs = [nli_pair(rng) for _ in range(n)]
+        pairs = [nli_pair(rng, shared_names) for _ in range(n)]
         data[split] = {lang: _render_pairs(pairs, lang) for lang in eval_langs}
     return data
