@@ -154,7 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per contender")
-    parser.add_argument("--compile", action="store_true", help="also time xlmtrain under torch.compile (last line: its speedup)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time xlmtrain under torch.compile (last line: its speedup)"
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (CPUs with AVX512-BF16/AMX)")
     parser.add_argument("--unfused-adam", action="store_true", help="for-loop AdamW on both sides")
     parser.add_argument("--quick", action="store_true", help="tiny shape, batch 4 x 32, 1 + 2 steps")
