@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from xlmtrain.data.dictionary import N_SPECIALS, Dictionary
+from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.languages import check_language
-from xlmtrain.data.tokenizer import XLMTokenizer, load_tokenizer
+from xlmtrain.data.tokenizer import XLMTokenizer
 from xlmtrain.interop.load import model_from_checkpoint, read_checkpoint
+from xlmtrain.interop.tokenizer import checkpoint_tokenizer
 from xlmtrain.interop.weights import CheckpointError
 from xlmtrain.model.heads import XLMHeadModel
 
@@ -143,19 +144,10 @@ def load_inference_model(
     if need_lm_head and checkpoint.head is None:
         raise CheckpointError(f"{path}: has no masked-LM output layer (bare encoder weights); fill-mask needs one")
     model, _ = model_from_checkpoint(checkpoint, checkpoint.head or "lm", str(path))
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer)
-    elif checkpoint.word2id is not None:
-        if codes is None or not Path(codes).is_file():
-            raise CheckpointError(f"{path}: an original XLM checkpoint needs its fastBPE codes (--codes FILE) or --tokenizer DIR")
-        words = [w for w, _ in sorted(checkpoint.word2id.items(), key=lambda item: item[1])][N_SPECIALS:]
-        tok = XLMTokenizer(Dictionary(words), codes, checkpoint.config.lang2id or {}, lowercase)
-    else:
-        tok = load_tokenizer(path)
-    if len(tok.dictionary) != model.config.vocab_size:
-        raise CheckpointError(
-            f"{path}: tokenizer has {len(tok.dictionary)} words but the model's vocab_size is {model.config.vocab_size}"
-        )
+    tok = checkpoint_tokenizer(
+        checkpoint, path, vocab_size=model.config.vocab_size, codes=codes, lowercase=lowercase,
+        codes_option="--codes FILE", tokenizer_dir=tokenizer,
+    )
     return InferenceModel(model.eval(), tok, str(path))
 
 
