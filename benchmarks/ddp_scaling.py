@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from benchlib import SHAPES, format_table, machine_description
 from torch.nn.parallel import DistributedDataParallel
-from train_step import adamw, make_batch, model_config, xlmtrain_step
+from train_step import TrainingLoss, adamw, make_batch, model_config, xlmtrain_step
 
 from xlmtrain.model.heads import XLMWithLMHead
 
@@ -41,7 +41,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, threads:
         torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts them)
         shape = SHAPES[args.shape]
         model = XLMWithLMHead(model_config(shape)).train()
-        ddp = DistributedDataParallel(model)
+        ddp = DistributedDataParallel(TrainingLoss(model))
         optimizer = adamw(model, fused=True)
         generator = torch.Generator().manual_seed(100 + rank)
         batches = [make_batch("mlm", shape, args.batch_size, args.slen, generator).xlm for _ in range(2)]

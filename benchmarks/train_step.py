@@ -5,8 +5,8 @@
 
 Both sides train the same batches (same corrupted ids, same targets), with the same threads, in the same
 process, steps interleaved so that background load hits both alike:
-- xlmtrain: the `PretrainModule` step without Lightning: `XLMWithLMHead(..., pred_mask=...)` (logits only at the
-  ~15% predicted positions), mean CE, backward, `clip_grad_norm_(5.0)` (conf/trainer), AdamW.
+- xlmtrain: the `PretrainModule` step without Lightning: `XLMWithLMHead.masked_lm_loss` (logits only at the
+  ~15% predicted positions, projection + CE fused), mean CE, backward, `clip_grad_norm_(5.0)` (conf/trainer), AdamW.
 - transformers: as its `run_mlm` example trains it through `Trainer`: labels at the masked positions and -100
   elsewhere, full-vocabulary logits and CE at every position, backward, `clip_grad_norm_(1.0)` (Trainer's
   `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from benchlib import (
     SHAPES,
     Shape,
@@ -110,19 +109,33 @@ def precision_context(bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def xlmtrain_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: LMBatch, bf16: bool = False) -> None:
-    """`PretrainModule.training_step` + Lightning's clipping and optimizer step, without Lightning."""
-    with precision_context(bf16):
-        logits = model(
+class TrainingLoss(nn.Module):
+    """forward(batch) = the per-target losses of `PretrainModule.training_step` (`masked_lm_loss`): the unit DDP
+    wraps, as Lightning's DDP wraps the PretrainModule whose training step calls it."""
+
+    def __init__(self, model: XLMWithLMHead) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: LMBatch) -> torch.Tensor:
+        return self.model.masked_lm_loss(
             batch.input_ids,
-            pred_mask=batch.pred_mask,
+            batch.pred_mask,
+            batch.targets,
             langs=batch.langs,
             position_ids=batch.positions,
             lengths=batch.lengths,
             causal=batch.causal,
-        ).logits  # (n_pred, vocab)
-    F.cross_entropy(logits.float(), batch.targets).backward()
-    nn.utils.clip_grad_norm_(model.parameters(), XLMTRAIN_CLIP)
+        )  # (n_pred,): fused projection + CE at the predicted positions
+
+
+def xlmtrain_step(loss: nn.Module, optimizer: torch.optim.Optimizer, batch: LMBatch, bf16: bool = False) -> None:
+    """`PretrainModule.training_step` + Lightning's clipping and optimizer step, without Lightning. `loss` is a
+    `TrainingLoss` (or a DDP wrapping one)."""
+    with precision_context(bf16):
+        losses = loss(batch)
+    losses.mean().backward()
+    nn.utils.clip_grad_norm_(loss.parameters(), XLMTRAIN_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
             steps = {
                 name: _cycle(
-                    lambda b, m=model, o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16), batches
+                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16), batches
                 )
                 for name, model in xlm_models.items()
             }

@@ -50,10 +50,16 @@ def test_cpu_dropout_attention_drops_and_rescales() -> None:
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_training_forward_with_dropout_equals_transformers(padded: bool) -> None:
-    """Same seed, train mode, dropout on everywhere: the CPU attention path consumes the RNG like transformers."""
+def test_training_forward_with_dropout_equals_transformers(padded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train mode, dropout on everywhere: with torch's bernoulli masks in place of our cheaper CPU draws, the
+    same seed gives transformers' numbers, so every dropout sits where transformers has it, in the same order."""
     from transformers import XLMConfig as HFXLMConfig
     from transformers import XLMWithLMHeadModel
+
+    def torch_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype).bernoulli_(1 - p).div_(1 - p)  # what F.dropout draws on CPU
+
+    monkeypatch.setattr("xlmtrain.model.dropout.dropout_mask", torch_mask)
 
     config = XLMConfig(vocab_size=60, emb_dim=32, n_layers=2, n_heads=2, n_langs=2, dropout=0.2, attention_dropout=0.3)
     hf = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()

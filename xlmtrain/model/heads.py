@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlmtrain.model.config import XLMConfig
+from xlmtrain.model.losses import linear_cross_entropy
+from xlmtrain.model.tied_embedding import TiedGradSlot
 from xlmtrain.model.transformer import EncoderOutput, XLMTransformer, init_weights
 
 
@@ -122,6 +124,25 @@ class XLMWithLMHead(XLMHeadModel):
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
         return LMOutput(logits, loss, encoded.hidden_states)
+
+    def masked_lm_loss(self, input_ids: Tensor, pred_mask: Tensor, targets: Tensor, **inputs: Tensor | bool | None) -> Tensor:
+        """Per-target cross-entropy `(n_pred,)` at `pred_mask` (row-major), the training path: the encoder's
+        last block and the projection run only at those rows, and projection + CE are one fused node
+        (`linear_cross_entropy`) that never returns the logits. Same numbers as `forward(...).logits` + CE."""
+        if pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape:
+            raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
+        proj, words = self.pred_layer.proj, self.transformer.embeddings
+        # Tied (always, unless a user re-assigned one of them): both gradients of the matrix meet in one buffer.
+        tied = proj.weight is words.weight and words.weight.requires_grad and torch.is_grad_enabled()
+        tied = tied and not torch.compiler.is_compiling()  # inductor fuses the plain ops itself
+        slot = TiedGradSlot() if tied else None
+        encoded = self._encode(input_ids, False, output_positions=pred_mask, word_grad_slot=slot, **inputs)
+        return linear_cross_entropy(encoded.last_hidden_state, proj.weight, proj.bias, targets, slot)  # (n_pred,)
+
+    def compile(self, *args: object, **kwargs: object) -> None:
+        """`nn.Module.compile` (forward), and the training loss `masked_lm_loss` too; state-dict keys unchanged."""
+        super().compile(*args, **kwargs)
+        self.masked_lm_loss = torch.compile(self.masked_lm_loss, *args, **kwargs)
 
 
 class XLMSequenceSummary(nn.Module):

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlmtrain.model.config import XLMConfig
+from xlmtrain.model.dropout import dropout, dropout_add
+from xlmtrain.model.tied_embedding import TiedGradSlot, tied_embedding
 
 
 @dataclass
@@ -102,23 +104,23 @@ def _attention_with_dropout(
         scores.masked_fill_(future, float("-inf"))
     elif attn_bias is not None:
         scores.add_(attn_bias)  # broadcast; in place is safe: matmul saves q and k, not scores
-    weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)  # (bs, h, m, slen)
+    weights = dropout(torch.softmax(scores, dim=-1), dropout_p, training=True)  # (bs, h, m, slen)
     return torch.matmul(weights, v)  # (bs, h, m, hd)
 
 
 class TransformerFFN(nn.Module):
-    """lin1 -> GELU(erf) or ReLU -> lin2 -> dropout (no dropout between the activation and lin2, as XLM)."""
+    """lin1 -> GELU(erf) or ReLU -> lin2. XLM's dropout after lin2 (none between the activation and lin2) is
+    applied by the block together with the residual add (`dropout_add`)."""
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float, gelu: bool) -> None:
+    def __init__(self, dim: int, hidden_dim: int, gelu: bool) -> None:
         super().__init__()
-        self.dropout = dropout
         self.lin1 = nn.Linear(dim, hidden_dim)
         self.lin2 = nn.Linear(hidden_dim, dim)
         self.act = F.gelu if gelu else F.relu
 
     def forward(self, x: Tensor) -> Tensor:
         """x (bs, slen, dim) -> (bs, slen, dim)."""
-        return F.dropout(self.lin2(self.act(self.lin1(x))), p=self.dropout, training=self.training)
+        return self.lin2(self.act(self.lin1(x)))
 
 
 class XLMTransformer(nn.Module):
@@ -140,7 +142,7 @@ class XLMTransformer(nn.Module):
         for _ in range(config.n_layers):
             self.attentions.append(MultiHeadAttention(dim, config.n_heads, config.attention_dropout))
             self.layer_norm1.append(nn.LayerNorm(dim, eps=config.layer_norm_eps))
-            self.ffns.append(TransformerFFN(dim, 4 * dim, config.dropout, config.gelu_activation))
+            self.ffns.append(TransformerFFN(dim, 4 * dim, config.gelu_activation))
             self.layer_norm2.append(nn.LayerNorm(dim, eps=config.layer_norm_eps))
         self.apply(lambda m: init_weights(m, config))
         if config.sinusoidal_embeddings:
@@ -185,6 +187,7 @@ class XLMTransformer(nn.Module):
         causal: bool | None = None,
         output_hidden_states: bool = False,
         output_positions: Tensor | None = None,
+        word_grad_slot: TiedGradSlot | None = None,
     ) -> EncoderOutput:
         """Run the encoder.
 
@@ -205,6 +208,8 @@ class XLMTransformer(nn.Module):
                 output, LayerNorms and FFN only at the selected ones (MLM/TLM: ~15% of the rows). In training
                 mode the dropout draws differ from the full path (same distribution). With
                 `output_hidden_states` the full path runs and its last state is gathered.
+            word_grad_slot: the word lookup's weight gradient is this slot's (filled by a tied LM head's fused
+                loss) plus the looked-up rows: see `tied_embedding`.
 
         Raises:
             ValueError: on shapes that do not match `input_ids` or sequences longer than the position table.
@@ -229,13 +234,17 @@ class XLMTransformer(nn.Module):
 
         if position_ids is None:
             position_ids = torch.arange(slen, device=input_ids.device)[None, :]  # (1, slen)
-        tensor = self.embeddings(input_ids) + self.position_embeddings(position_ids)  # (bs, slen, dim)
+        if word_grad_slot is None:
+            words = self.embeddings(input_ids)  # (bs, slen, dim)
+        else:
+            words = tied_embedding(input_ids, self.embeddings.weight, self.embeddings.padding_idx, word_grad_slot)
+        tensor = words + self.position_embeddings(position_ids)  # (bs, slen, dim)
         if langs is not None and self.config.has_lang_embeddings:
             tensor = tensor + self.lang_embeddings(langs)
         if token_type_ids is not None:
             tensor = tensor + self.embeddings(token_type_ids)
         tensor = self.layer_norm_emb(tensor)
-        tensor = F.dropout(tensor, p=self.config.dropout, training=self.training)
+        tensor = dropout(tensor, self.config.dropout, self.training)
         # Without padding the hidden-state mask is all ones: skip its multiplies (one pass fwd + bwd per layer).
         # Knowing it is a host sync: free on CPU, and already needed for the bias of non-causal attention, so
         # causal runs on accelerators keep the multiplies rather than add a sync. Under torch.compile the
@@ -279,8 +288,9 @@ class XLMTransformer(nn.Module):
         default x. Returns (bs, m, dim)."""
         attn = self.attentions[i](x, attn_bias, causal, query_input)
         residual = x if query_input is None else query_input
-        tensor = self.layer_norm1[i](residual + F.dropout(attn, p=self.config.dropout, training=self.training))
-        return self.layer_norm2[i](tensor + self.ffns[i](tensor))
+        p, training = self.config.dropout, self.training
+        tensor = self.layer_norm1[i](dropout_add(attn, residual, p, training))
+        return self.layer_norm2[i](dropout_add(self.ffns[i](tensor), tensor, p, training))
 
     def _selected_block(
         self, x: Tensor, selected: Tensor, attn_bias: Tensor | None, mask: Tensor | None, causal: bool

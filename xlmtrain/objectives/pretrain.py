@@ -92,18 +92,17 @@ class PretrainModule(pl.LightningModule):
             return "tlm"
         return None if "-" in langs else objective
 
+    def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
+        langs = batch.langs if self.config.n_langs > 1 else None
+        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
+
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
-        langs = batch.langs if self.config.n_langs > 1 else None
-        out = self.model(
-            batch.input_ids,
-            pred_mask=batch.pred_mask,
-            langs=langs,
-            position_ids=batch.positions,
-            lengths=batch.lengths,
-            causal=batch.causal,
-        )
-        return out.logits
+        return self.model(batch.input_ids, pred_mask=batch.pred_mask, **self._encoder_inputs(batch)).logits
+
+    def target_losses(self, batch: LMBatch) -> torch.Tensor:
+        """Cross-entropy `(n_pred,)` of each target (fused projection + CE: no logits are kept)."""
+        return self.model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **self._encoder_inputs(batch))
 
     def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
         """`lambda * mean CE` of the drawn stream over the global batch; raises `NonFiniteLossError` naming
@@ -115,8 +114,7 @@ class PretrainModule(pl.LightningModule):
         The logged losses are the global means (identical on every rank, so no further reduction).
         """
         spec = self.specs[item.stream]
-        logits = self(item.batch)
-        ce_sum = F.cross_entropy(logits.float(), item.batch.targets, reduction="sum")
+        ce_sum = self.target_losses(item.batch).sum()
         n_total, ce_total = item.batch.targets.numel(), ce_sum.detach()
         world = self.trainer.world_size
         if world > 1:
