@@ -2,7 +2,7 @@
 
 After `python -m xlmtrain +recipe=tlm` the model predicts masked `vo` tokens far better with the `io`
 translation in context than alone; after `+recipe=mlm` (same model, steps, lr and tokens per step) it does not.
-Each run is the full default demo (~2 minutes on 2 CPU cores), hence slow.
+Each run is the full default demo (~20 s of CPU), hence slow.
 """
 
 from __future__ import annotations
@@ -56,16 +56,16 @@ def _train_and_probe(recipe: str, cache_dir: Path, run_dir: Path) -> dict[str, t
 
 def test_tlm_model_reads_the_translation(cache_dir: Path, tmp_path: Path) -> None:
     accuracy = _train_and_probe("tlm", cache_dir, tmp_path / "tlm")
-    # Measured (seed 0): tokens 24.4% -> 81.4%, content words 3.0% -> 75.6% (alone a vo noun is a
-    # 1-in-24 guess; its io translation determines it).
+    # Measured (seed 0): tokens 21.3% -> 53.0%, content words 1.0% -> 41.0% (alone a vo noun is a
+    # 1-in-24 guess; its io translation determines it); seeds 1, 2 gain +52.5 / +42.9 on tokens.
     for name, (alone, paired) in accuracy.items():
-        assert paired > alone + 30.0, f"TLM, {name}: vo accuracy alone {alone:.1f}%, with io in context {paired:.1f}%"
+        assert paired > alone + 20.0, f"TLM, {name}: vo accuracy alone {alone:.1f}%, with io in context {paired:.1f}%"
 
 
 def test_mlm_model_does_not_gain_from_a_translation(cache_dir: Path, tmp_path: Path) -> None:
     accuracy = _train_and_probe("mlm", cache_dir, tmp_path / "mlm")
-    # Measured (seed 0): tokens 23.6% -> 24.4%, content words 3.6% -> 4.2%. The first bound shows the MLM
-    # model is a fair control: alone it is as good as the TLM model (24.4%).
+    # Measured (seed 0): tokens 23.2% -> 22.7%, content words 3.8% -> 3.2%. The first bound shows the MLM
+    # model is a fair control: alone it is as good as the TLM model (21.3%).
     assert accuracy["tokens"][0] > 18.0, f"the MLM model did not learn: vo accuracy alone {accuracy['tokens'][0]:.1f}%"
     for name, (alone, paired) in accuracy.items():
         assert paired < alone + 3.0, f"MLM, {name}: vo accuracy alone {alone:.1f}%, with io in context {paired:.1f}%"

@@ -84,6 +84,21 @@ def task_settings(task_cfg: DictConfig) -> TaskSettings:
     return TaskSettings(**values)
 
 
+DEFAULT_SHARED_NAMES = 40
+"""conf/data/synthetic.yaml's `shared_names`: what a pretraining run used when its config snapshot is absent."""
+
+
+def pretraining_shared_names(run_dir: Path) -> int:
+    """`data.synthetic.shared_names` of the pretraining run in `run_dir` (its `.hydra/config.yaml` snapshot),
+    so that the synthetic NLI task uses the names the model was pretrained with; `DEFAULT_SHARED_NAMES` if the
+    snapshot is absent (a model dir, or a run not started from the command line)."""
+    snapshot = run_dir / ".hydra" / "config.yaml"
+    if not snapshot.is_file():
+        return DEFAULT_SHARED_NAMES
+    names = OmegaConf.select(OmegaConf.load(snapshot), "data.synthetic.shared_names", default=0)
+    return DEFAULT_SHARED_NAMES if names is None else int(names)
+
+
 def task_data(cfg: DictConfig, settings: TaskSettings, model_langs: list[str]) -> tuple[Split, list[str]]:
     """(examples by split and language, training languages) from `data.dir` or the synthetic NLI task."""
     if cfg.data.dir is None:
@@ -97,8 +112,11 @@ def task_data(cfg: DictConfig, settings: TaskSettings, model_langs: list[str]) -
                 f"the synthetic languages {train_langs} (python -m xlmtrain +recipe=tlm), or set data.dir"
             )
         syn = cfg.data.synthetic
+        names = syn.get("shared_names")
+        if names is None:
+            names = pretraining_shared_names(Path(cfg.model.init).expanduser())
         data = synthetic_nli_data(train_langs, eval_langs, n_train=syn.n_train, n_valid=syn.n_valid, n_test=syn.n_test, seed=syn.seed,
-                                   shared_names=syn.get("shared_names", 0))
+                                   shared_names=names)
         return data, train_langs
     train_langs = settings.train_langs or ["en"]
     finder = find_nli_data if settings.kind == "pair_classification" else find_tagging_data
