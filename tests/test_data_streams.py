@@ -113,3 +113,13 @@ def test_resume_disjoint_ranks_and_determinism(tmp_path, kind):
     items0 = {int(i) for i in r0._epoch_order()}
     items1 = {int(i) for i in r1._epoch_order()}
     assert len(items0) == len(items1) > 0 and not items0 & items1
+
+
+def test_pad_right_by_hand() -> None:
+    from xlmtrain.data.padding import pad_right
+
+    ids, lengths = pad_right([[5, 6, 7], [8], np.array([9, 10])], pad_index=2)
+    assert ids.tolist() == [[5, 6, 7], [8, 2, 2], [9, 10, 2]] and ids.dtype == torch.long
+    assert lengths.tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="at least one"):
+        pad_right([], pad_index=2)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.languages import check_language
+from xlmtrain.data.padding import pad_right
 from xlmtrain.data.tokenizer import XLMTokenizer
 from xlmtrain.interop.load import model_from_checkpoint, read_checkpoint
 from xlmtrain.interop.tokenizer import checkpoint_tokenizer
@@ -104,10 +105,7 @@ def wrap_sentence(ids: list[int], eos_index: int, max_len: int) -> EncodedLine:
 
 def pad_batch(lines: list[list[int]], pad_index: int, lang_id: int | None) -> dict[str, Tensor]:
     """Right-padded `input_ids` (bs, slen), `lengths` (bs,) and, when `lang_id` is given, constant `langs`."""
-    lengths = torch.tensor([len(ids) for ids in lines], dtype=torch.long)
-    input_ids = torch.full((len(lines), int(lengths.max())), pad_index, dtype=torch.long)  # (bs, slen)
-    for row, ids in enumerate(lines):
-        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    input_ids, lengths = pad_right(lines, pad_index)  # (bs, slen), (bs,)
     inputs = {"input_ids": input_ids, "lengths": lengths}
     if lang_id is not None:
         inputs["langs"] = torch.full_like(input_ids, lang_id)

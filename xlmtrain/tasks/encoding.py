@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from xlmtrain.data.dictionary import Dictionary
+from xlmtrain.data.padding import pad_right
 from xlmtrain.data.tokenizer import XLMTokenizer
 from xlmtrain.tasks.readers import NLIExample, TaggedSentence
 
@@ -104,12 +105,8 @@ def encode_tagged(
 def collate(rows: Sequence[Encoded], pad_index: int) -> dict[str, Tensor]:
     """Right-padded batch: `input_ids`, `lengths`, `position_ids` (0..slen-1), `langs` (the row's language
     on every position) and `labels` (`(bs,)` for sequence labels, `(bs, slen)` padded with IGNORE_INDEX)."""
-    bs = len(rows)
-    lengths = torch.tensor([len(r.ids) for r in rows])  # (bs,)
-    slen = int(lengths.max())
-    input_ids = torch.full((bs, slen), pad_index, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row.ids)] = torch.tensor(row.ids)
+    input_ids, lengths = pad_right([r.ids for r in rows], pad_index)  # (bs, slen), (bs,)
+    bs, slen = input_ids.shape
     position_ids = torch.arange(slen)[None, :].expand(bs, slen).clone()  # (bs, slen)
     langs = torch.tensor([r.lang_id for r in rows])[:, None].expand(bs, slen).clone()  # (bs, slen)
     if isinstance(rows[0].label, int):
