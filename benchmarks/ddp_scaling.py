@@ -51,6 +51,13 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, threads:
             start = time.perf_counter()
             xlmtrain_step(ddp, optimizer, batches[i % 2])
             seconds.append(time.perf_counter() - start)
+        # torch 2.13 stashes a Python object in the thread-local state of every backward, and the gloo works DDP
+        # launches there keep a copy, which the gloo thread frees after the work (it needs the GIL for that).
+        # Destroying DDP right after the last backward can deadlock: the main thread joins the gloo thread
+        # inside the process group's destructor while holding the GIL (seen about once in 15 runs). Sleeping
+        # releases the GIL so the gloo thread frees every finished work first.
+        dist.barrier()
+        time.sleep(0.2)
         if rank == 0:
             out.put(seconds[args.warmup :])
     finally:
