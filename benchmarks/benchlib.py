@@ -140,6 +140,17 @@ def machine_description(threads: int) -> str:
     return f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {threads} threads"
 
 
+def machine_line(threads: int) -> str:
+    """`machine: <description>; fp32 matmul peak X GFLOP/s`, the peak measured now at `threads` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        peak = matmul_peak_gflops()
+    finally:
+        torch.set_num_threads(previous)
+    return f"machine: {machine_description(threads)}; fp32 matmul peak (1024x4096x1024 torch.mm) {peak:.1f} GFLOP/s"
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (pipes), columns padded to their widest cell."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]

@@ -13,6 +13,7 @@ the start of step `--skip` to the end of the last step: warm-up and the first ba
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from benchlib import format_table, machine_description
+from benchlib import format_table, machine_line, peak_rss_mb
 from hydra import compose, initialize_config_dir
 
 from xlmtrain.cli.train import build, conf_dir
@@ -105,11 +106,13 @@ def main(argv: list[str] | None = None) -> float:
     step_s = (clock.ends[-1] - clock.starts[args.skip]) / steps
     fetch_s = sum(timed.seconds[args.skip + 1 :]) / len(timed.seconds[args.skip + 1 :])
     fraction = fetch_s / step_s
-    print(f"machine: {machine_description(args.threads)}")
+    tokens = args.batch_size * args.bptt
+    rates = sorted(tokens / (end - start) for start, end in zip(clock.starts[args.skip :], clock.ends[args.skip :]))
+    print(machine_line(args.threads))
     print(format_table(
-        ["model", "batch", "steps", "s/step", "batch build ms/step", "waiting"],
-        [[args.model, f"{args.batch_size} x {args.bptt}", steps, f"{step_s:.3f}", f"{1000 * fetch_s:.1f}",
-          f"{100 * fraction:.2f}%"]],
+        ["model", "batch", "steps", "s/step", "tok/s med", "min", "max", "peak RSS MB", "batch build ms/step", "waiting"],
+        [[args.model, f"{args.batch_size} x {args.bptt}", steps, f"{step_s:.3f}", f"{statistics.median(rates):.0f}",
+          f"{rates[0]:.0f}", f"{rates[-1]:.0f}", f"{peak_rss_mb():.0f}", f"{1000 * fetch_s:.1f}", f"{100 * fraction:.2f}%"]],
     ))  # fmt: skip
     print(f"data waiting: {100 * fraction:.2f}% of step time")
     return fraction

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from benchlib import SHAPES, format_table, machine_description
+from benchlib import SHAPES, format_table, machine_line, peak_rss_mb
 from torch.nn.parallel import DistributedDataParallel
 from train_step import TrainingLoss, adamw, make_batch, model_config, xlmtrain_step
 
@@ -59,13 +59,13 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, threads:
         dist.barrier()
         time.sleep(0.2)
         if rank == 0:
-            out.put(seconds[args.warmup :])
+            out.put((seconds[args.warmup :], peak_rss_mb()))
     finally:
         dist.destroy_process_group()
 
 
-def run_layout(args: argparse.Namespace, processes: int, threads: int) -> list[float]:
-    """Step seconds of rank 0 for `processes` DDP ranks of `threads` threads each."""
+def run_layout(args: argparse.Namespace, processes: int, threads: int) -> tuple[list[float], float]:
+    """(step seconds, peak RSS MB) of rank 0 for `processes` DDP ranks of `threads` threads each."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     mp.start_processes(
@@ -92,17 +92,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[tuple[int, int], float]:
     """Run every layout, print the table; returns tokens/s by (processes, threads)."""
     args = parse_args(argv)
-    rates = {}
+    rates, extremes, rss = {}, {}, {}
     for processes, threads in ((1, 2), (1, 1), (2, 1)):
-        seconds = run_layout(args, processes, threads)
-        rates[(processes, threads)] = processes * args.batch_size * args.slen / statistics.median(seconds)
+        seconds, rss[(processes, threads)] = run_layout(args, processes, threads)
+        tokens = processes * args.batch_size * args.slen
+        rates[(processes, threads)] = tokens / statistics.median(seconds)
+        extremes[(processes, threads)] = (tokens / max(seconds), tokens / min(seconds))
     single = rates[(1, 1)]
     rows = [
-        [p, t, f"{rate:.0f}", f"{rate / rates[(1, 2)]:.2f}x", f"{100 * rate / (p * single):.0f}%"]
+        [p, t, f"{rate:.0f}", f"{extremes[p, t][0]:.0f}", f"{extremes[p, t][1]:.0f}", f"{rate / rates[(1, 2)]:.2f}x",
+         f"{100 * rate / (p * single):.0f}%", f"{rss[p, t]:.0f}"]
         for (p, t), rate in rates.items()
-    ]
-    print(f"machine: {machine_description(2)}; shape {args.shape}, {args.batch_size} x {args.slen} per process")
-    print(format_table(["processes", "threads each", "tok/s", "vs 1x2", "efficiency"], rows))
+    ]  # fmt: skip
+    print(f"{machine_line(2)}; shape {args.shape}, {args.batch_size} x {args.slen} per process")
+    header = ["processes", "threads each", "tok/s med", "min", "max", "vs 1x2", "efficiency", "peak RSS MB (rank 0)"]
+    print(format_table(header, rows))
     return rates
 
 

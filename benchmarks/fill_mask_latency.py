@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchlib import SHAPES
+from benchlib import SHAPES, format_table, machine_line, peak_rss_mb
 
 from xlmtrain.data.dictionary import N_SPECIALS
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
@@ -116,12 +116,16 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
             for key, fn in sides.items():
                 times[key].append(per_sentence_ms(fn, n))
     median = {key: statistics.median(values) for key, values in times.items()}
-    print(f"fill-mask, {n} sentences, top-5, {args.threads} threads, ms/sentence (median of {repeats})")
-    print(f"{'batch':>6} {'xlmtrain':>10} {'transformers':>13} {'speedup':>8}")
-    speedups = {}
+    print(machine_line(args.threads))
+    print(f"fill-mask, {n} sentences, top-5, ms/sentence: median (min-max) of {repeats}; process peak RSS "
+          f"{peak_rss_mb():.0f} MB (both models resident)")
+    rows, speedups = [], {}
     for bs in BATCH_SIZES:
         speedups[bs] = median["transformers", bs] / median["xlmtrain", bs]
-        print(f"{bs:>6} {median['xlmtrain', bs]:>10.2f} {median['transformers', bs]:>13.2f} {speedups[bs]:>7.2f}x")
+        spread = {side: f"{median[side, bs]:.2f} ({min(times[side, bs]):.2f}-{max(times[side, bs]):.2f})"
+                  for side in ("xlmtrain", "transformers")}  # fmt: skip
+        rows.append([bs, spread["xlmtrain"], spread["transformers"], f"{speedups[bs]:.2f}x"])
+    print(format_table(["batch", "xlmtrain", "transformers", "speedup"], rows))
     return speedups
 
 
