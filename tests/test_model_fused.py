@@ -149,3 +149,15 @@ def test_masked_lm_loss_under_cpu_autocast_falls_back_to_the_unfused_pair() -> N
     assert losses.dtype == torch.float32 and model.transformer.embeddings.weight.grad is not None
     ref = F.cross_entropy(model(ids, pred_mask=pred_mask).logits, targets, reduction="none")
     torch.testing.assert_close(losses, ref, rtol=0.05, atol=0.05)  # bf16 logits
+
+
+def test_linear_cross_entropy_in_bf16_computes_the_softmax_in_fp32() -> None:
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(5, 8, generator=g).bfloat16().requires_grad_()
+    weight = torch.randn(20, 8, generator=g).bfloat16().requires_grad_()
+    targets = torch.tensor([0, 3, 19, 7, 7])
+    losses = linear_cross_entropy(hidden, weight, None, targets)
+    losses.sum().backward()
+    assert losses.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+    ref = F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="none")
+    torch.testing.assert_close(losses, ref)

@@ -66,15 +66,17 @@ def linear_cross_entropy(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, slot: TiedGradSlot | None = None
 ) -> Tensor:
     """Per-row cross-entropy of `hidden @ weight.T + bias` against `targets`: (n,) from hidden (n, d),
-    weight (V, d), bias (V,) or None, targets (n,) int64 in [0, V). Under autocast or torch.compile: the
-    unfused pair.
+    weight (V, d), bias (V,) or None, targets (n,) int64 in [0, V). Fused for fp32 inputs; in other dtypes,
+    under autocast or under torch.compile it is the unfused pair, with the CE in fp32.
 
     With `slot` (weight tied to a `tied_embedding` lookup with the same slot) the weight's gradient is handed
     to that lookup's backward instead of being returned here."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be (n, d) and targets (n,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
-    # Under autocast keep its low-precision matmul and an fp32 softmax; under torch.compile inductor fuses the pair.
-    if torch.is_autocast_enabled(hidden.device.type) or torch.compiler.is_compiling():
+    # Low precision (autocast or bf16/fp16 weights) keeps its matmul and takes an fp32 softmax; under
+    # torch.compile inductor fuses the pair itself.
+    low_precision = torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != torch.float32
+    if low_precision or torch.compiler.is_compiling():
         return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="none")
     if slot is not None:
         weight = weight.detach()  # its gradient travels through the slot
