@@ -74,6 +74,7 @@ def test_usr1_preemption_requeues_and_resumes(local_slurm: LocalSlurm, synthetic
 
     local_slurm.wait_for(job, 120, JobState="PENDING", Restarts="1")
     before = checkpoint_steps(run_dir)
+    local_slurm.wait_node_idle(60)  # the first allocation's cleanup must finish before the restart
     local_slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now")  # skip the requeue hold
     fields = local_slurm.wait_for(job, 400, JobState={"COMPLETED", "FAILED", "CANCELLED"})
     log = job_log(run_dir)
