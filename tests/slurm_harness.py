@@ -51,18 +51,6 @@ class LocalSlurm:
                 pytest.fail(f"job {job_id}: wanted {expected} within {timeout} s, last seen {fields}")
             time.sleep(0.2)
 
-    def wait_node_idle(self, timeout: float) -> None:
-        """Poll ``scontrol show node`` until the node is IDLE with nothing completing: a requeued job started
-        while the previous allocation is still being cleaned up is killed ("Job credential revoked")."""
-        deadline = time.monotonic() + timeout
-        while True:
-            states = re.findall(r"\bState=(\S+)", self.run("scontrol", "show", "node").stdout)
-            if states and all(s.split("+")[0] == "IDLE" and "COMPLETING" not in s for s in states):
-                return
-            if time.monotonic() > deadline:
-                pytest.fail(f"node not idle within {timeout} s: {states}")
-            time.sleep(0.2)
-
 
 @pytest.fixture(scope="session")
 def local_slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
