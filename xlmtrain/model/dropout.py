@@ -33,17 +33,22 @@ def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype = torch.float32
     return mask.mul_(_LEVELS / (_LEVELS - dropped))
 
 
+def _uses_own_mask(x: Tensor, p: float, training: bool) -> bool:
+    """Whether dropout on x draws `dropout_mask` (CPU training, 0 < p < 1, eager) rather than `F.dropout`/nothing."""
+    return training and 0.0 < p < 1.0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout with `F.dropout`'s contract: identity unless training with p > 0."""
+    if _uses_own_mask(x, p, training):
+        return x * dropout_mask(x.shape, p, x.dtype)  # autograd saves the mask: backward is grad * mask
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or p >= 1.0:
-        return F.dropout(x, p=p, training=True)
-    return x * dropout_mask(x.shape, p, x.dtype)  # autograd saves the mask: backward is grad * mask
+    return F.dropout(x, p=p, training=True)
 
 
 def dropout_add(x: Tensor, residual: Tensor, p: float, training: bool) -> Tensor:
-    """`residual + dropout(x)`; on CPU one `addcmul` pass instead of a multiply and an add."""
-    if training and 0.0 < p < 1.0 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+    """`residual + dropout(x)`; with our own mask one `addcmul` pass instead of a multiply and an add."""
+    if _uses_own_mask(x, p, training):
         return torch.addcmul(residual, x, dropout_mask(x.shape, p, x.dtype))
     return residual + dropout(x, p, training)

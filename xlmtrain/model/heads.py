@@ -87,6 +87,11 @@ class XLMPredLayer(nn.Module):
         self.proj = nn.Linear(config.emb_dim, config.vocab_size)
 
 
+def _check_pred_mask(pred_mask: Tensor, input_ids: Tensor) -> None:
+    if pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape:
+        raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
+
+
 class XLMWithLMHead(XLMHeadModel):
     """transformers' `XLMWithLMHeadModel`: tied LM head, with an optional selected-positions fast path."""
 
@@ -114,8 +119,8 @@ class XLMWithLMHead(XLMHeadModel):
             output_hidden_states: return every layer's output in `hidden_states`.
             **inputs: encoder inputs (`attention_mask`, `langs`, `position_ids`, `lengths`, `causal`, ...).
         """
-        if pred_mask is not None and (pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape):
-            raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
+        if pred_mask is not None:
+            _check_pred_mask(pred_mask, input_ids)
         # With pred_mask the encoder's last block runs only at those rows: (n_pred, dim), row-major.
         encoded = self._encode(input_ids, output_hidden_states, output_positions=pred_mask, **inputs)
         hidden = encoded.last_hidden_state  # (bs, slen, dim) or (n_pred, dim)
@@ -129,8 +134,7 @@ class XLMWithLMHead(XLMHeadModel):
         """Per-target cross-entropy `(n_pred,)` at `pred_mask` (row-major), the training path: the encoder's
         last block and the projection run only at those rows, and projection + CE are one fused node
         (`linear_cross_entropy`) that never returns the logits. Same numbers as `forward(...).logits` + CE."""
-        if pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape:
-            raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
+        _check_pred_mask(pred_mask, input_ids)
         proj, words = self.pred_layer.proj, self.transformer.embeddings
         # Tied (always, unless a user re-assigned one of them): both gradients of the matrix meet in one buffer.
         tied = proj.weight is words.weight and words.weight.requires_grad and torch.is_grad_enabled()

@@ -10,7 +10,7 @@ matmuls without ever forming softmax - onehot as a tensor:
     dW = exp^T @ (h * g / s) - index_add(t, h * g)
     db = (g / s) @ exp - index_add(t, g)
 
-Same numbers as the unfused pair up to fp32 rounding (`tests/test_model_losses.py`).
+Same numbers as the unfused pair up to fp32 rounding (`tests/test_model_fused.py`).
 """
 
 from __future__ import annotations
