@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
-from xlmtrain.objectives.lr import warmup_schedule
+from xlmtrain.training.lr import warmup_schedule
 
 PEAK, INIT, WARMUP, MAX_STEPS = 1e-3, 1e-7, 4, 20
 

@@ -1,7 +1,7 @@
 """What one pretraining update does, checked against the maths done by hand in the test: MLM's 80/10/10
 corruption as the shipped config builds it, gradient accumulation (Lightning's averaging), gradient clipping.
 
-The updates run through the real `build(cfg)` + Lightning Trainer with the optimizer swapped for SGD(lr=1),
+The updates run through the real job setup (`xlmtrain.jobs.pretrain.setup`) + Lightning Trainer with the optimizer swapped for SGD(lr=1),
 so the parameter change IS the (accumulated, clipped) gradient; the expected gradient is computed here with
 plain autograd on the same batches."""
 
@@ -16,12 +16,18 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
-from xlmtrain.cli.train import build
+from xlmtrain.__main__ import pretrain_settings
+from xlmtrain.jobs.pretrain import setup
 
 TINY = ["model.emb_dim=32", "model.n_heads=2", "model.n_layers=2", "model.dropout=0", "model.attention_dropout=0",
         "data.batching.batch_size=4", "data.batching.bptt=16", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "trainer.val_check_interval=1000", "+trainer.limit_val_batches=0",
         "export=false", "resume=never"]  # fmt: skip
+
+
+def build(cfg):
+    """`(module, trainer, data)` of the pretraining job for a composed config."""
+    return setup(pretrain_settings(cfg))
 
 
 def _cfg(prep: Path, run_dir: Path, recipe: str, *extra: str):
