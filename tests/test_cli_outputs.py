@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tests.test_inference import _save_tiny
-from xlmtrain.cli import embed as embed_cli
-from xlmtrain.cli.convert import main as convert_main
-from xlmtrain.cli.outputs import OutputError, atomic_output_dir, check_output
+from xlmtrain import embed as embed_cli
+from xlmtrain.convert import main as convert_main
+from xlmtrain.training.outputs import OutputError, atomic_output_dir, check_output
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
+from xlmtrain.__main__ import pretrain_settings
+from xlmtrain.jobs.pretrain import setup
 from xlmtrain.training.checkpoint_io import load_checkpoint_file
 from xlmtrain.training.numerics import (
     CHECKPOINT_KEY,
@@ -109,16 +111,14 @@ def test_rollback_plan_records_every_skip_and_stops_after_max_rollbacks(tmp_path
 
 
 def _cfg(prep: Path, run_dir: Path, *extra: str):
-    from tests.xlmtrain_cli import tiny_overrides
+    from tests.cli_runs import tiny_overrides
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("xlmtrain", overrides=[*tiny_overrides(prep, run_dir, "mlm_tlm"), *extra])
 
 
 def test_skipped_batches_leave_every_other_batch_unchanged(synthetic_prep: Path, tmp_path: Path) -> None:
-    from xlmtrain.cli.train import build
-
-    module, _, _ = build(_cfg(synthetic_prep, tmp_path))
+    module, _, _ = setup(pretrain_settings(_cfg(synthetic_prep, tmp_path)))
     source = module.train_batches
     plain = [(item.index, item.stream, item.batch.input_ids) for _, item in zip(range(12), source)]
     source.skip_batches = frozenset({3, 7})
@@ -133,12 +133,10 @@ def test_a_nan_step_never_reaches_a_checkpoint(synthetic_prep: Path, tmp_path: P
     """A real Lightning run poisoned before batch 6: fit stops with NumericsRollback naming step 6, batch 6 and
     its stream, right at that step on CPU, whether or not a checkpoint write follows it; with checkpoints every
     step the newest is step 6 (the state before the bad step), and every checkpoint is finite."""
-    from xlmtrain.cli.train import build
-
     run_dir = tmp_path / "run"
     cfg = _cfg(synthetic_prep, run_dir, "trainer.max_steps=20", f"checkpoint.every_n_train_steps={every}",
                "+callbacks.fault._target_=tests.numerics_faults.PoisonAtBatch", "+callbacks.fault.batch=6")  # fmt: skip
-    module, trainer, _ = build(cfg)
+    module, trainer, _ = setup(pretrain_settings(cfg))
     with pytest.raises(NumericsRollback) as error:
         trainer.fit(module)
     bad = error.value.bad

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR
-from xlmtrain.objectives.lr import lr_factor, warmup_schedule
+from xlmtrain.training.lr import lr_factor, warmup_schedule
 from xlmtrain.training.run_identity import (
     RunIdentityError,
     RunRecord,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_run_lock import _dead_pid, _write_lock
-from xlmtrain.cli.runs import main
+from xlmtrain.runs import main
 from xlmtrain.training.run_status import find_runs, summarize_run, write_status
 
 METRICS = "lr,step,train_loss,train_io_mlm_loss,valid_mlm_ppl,valid_io_mlm_ppl\n" \
@@ -72,4 +72,4 @@ def test_runs_module_entry_point(tmp_path: Path) -> None:
                          check=True).stdout  # fmt: skip
     assert "finished" in out and json.loads((tmp_path / "r" / "status.json").read_text())["step"] == 3
     # A listing imports no torch (hundreds of runs, on a login node).
-    subprocess.run([sys.executable, "-c", "import sys, xlmtrain.cli.runs; assert 'torch' not in sys.modules"], check=True)
+    subprocess.run([sys.executable, "-c", "import sys, xlmtrain.runs; assert 'torch' not in sys.modules"], check=True)

@@ -12,13 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-from xlmtrain.cli.outputs import atomic_output_dir, check_output
 from xlmtrain.interop.hf import TOKENIZER_FILES, copy_tokenizer_files
 from xlmtrain.interop.load import model_from_checkpoint, read_checkpoint, save_model
 from xlmtrain.interop.tokenizer import checkpoint_tokenizer
 from xlmtrain.interop.vocab import write_tokenizer_files
 from xlmtrain.interop.weights import CheckpointError
 from xlmtrain.model.heads import HEADS
+from xlmtrain.training.outputs import atomic_output_dir, check_output
 
 EXIT_BAD_INPUT = 2
 

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from xlmtrain.cli.model_args import add_model_arguments, load_from_args, run
-from xlmtrain.cli.outputs import atomic_output_file, check_output
 from xlmtrain.inference.embeddings import POOLINGS, embed_file
+from xlmtrain.training.outputs import atomic_output_file, check_output
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
