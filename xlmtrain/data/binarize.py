@@ -223,10 +223,8 @@ def binarize_job(job: Job, a: BinarizeArgs) -> tuple[TokenizeStats, BinarizeStat
     """Tokenise (or read the sample's words), BPE and id-map the job's rows into per-split, per-side flat arrays
     (`.tokens` with `</s>` after each sentence, `.lengths`); then write the stats file, the job's completion
     marker. `max_len > 0` truncates (`long_lines=truncate`) or drops (`drop`; the whole pair for parallel data)
-    sentences longer than `max_len` BPE tokens. A job whose marker exists returns its recorded stats."""
+    sentences longer than `max_len` BPE tokens."""
     done = job.done_path(a.work_dir)
-    if done.is_file():
-        return _read_stats(done)
     word_ids = _load_word_ids(a.codes, a.vocab)
     eos, unk = word_ids.dico.eos_index, word_ids.dico.unk_index
     n_sides = len(job.source.langs)
@@ -278,6 +276,7 @@ def stats_from_dict(d: dict) -> BinarizeStats:
     return BinarizeStats(**{**d, "sentences": Counter(d["sentences"]), "tokens": Counter(d["tokens"])})
 
 
-def _read_stats(path: Path) -> tuple[TokenizeStats, BinarizeStats]:
+def read_stats(path: Path) -> tuple[TokenizeStats, BinarizeStats]:
+    """The stats a finished job recorded in its marker file."""
     d = json.loads(path.read_text())
     return TokenizeStats(**d["tokenize"]), stats_from_dict(d["binarize"])

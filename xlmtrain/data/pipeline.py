@@ -50,7 +50,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xlmtrain.data.binarize import SAMPLE_BLOCK, SPLITS, BinarizeArgs, BinarizeStats, Job, TokenizeStats
-from xlmtrain.data.binarize import binarize_job, sample_job, stats_dict, stats_from_dict
+from xlmtrain.data.binarize import binarize_job, read_stats, sample_job, stats_dict, stats_from_dict
 from xlmtrain.data.bpe import BPE, learn_bpe, write_codes
 from xlmtrain.data.dictionary import Dictionary, VocabError
 from xlmtrain.data.indexed import VERSION as INDEXED_VERSION
@@ -298,11 +298,15 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 def binarize_jobs(plan: BuildPlan, jobs: list[Job], work: Path, dico: Dictionary,
                   pool: multiprocessing.pool.Pool | None) -> dict[int, tuple[TokenizeStats, BinarizeStats]]:  # fmt: skip
-    """Step 3: every job's arrays under `work/jobs/`; jobs finished by an earlier run are not redone."""
+    """Step 3: every job's arrays under `work/jobs/`; jobs finished by an earlier run (their marker file is
+    there) are not redone."""
     s = plan.settings
     args = BinarizeArgs(str(work), str(work / "codes"), str(work / "vocab.txt"), dico.dtype_name, s.max_len,
                         s.long_lines, s.lowercase_and_strip_accents, s.on_invalid_utf8)  # fmt: skip
-    return {j.index: r for j, r in zip(jobs, _each(_Binarize(args), jobs, pool, "binarize", s.progress))}
+    stats = {j.index: read_stats(j.done_path(work)) for j in jobs if j.done_path(work).is_file()}
+    pending = [j for j in jobs if j.index not in stats]
+    stats.update((j.index, r) for j, r in zip(pending, _each(_Binarize(args), pending, pool, "binarize", s.progress)))
+    return stats
 
 
 def write_corpora(plan: BuildPlan, jobs: list[Job], work: Path, dtype: str, out: Path) -> list[str]:
