@@ -39,6 +39,9 @@ def test_array_of_two_shards_then_merge_equals_one_process_build(local_slurm: Lo
     assert fields["JobState"] == "COMPLETED", log()
     m = re.search(r"shards: job (\d+) \(array of 2\); merge: job (\d+)", log())
     assert m, log()
+    # seen right after the driver ends, while the shards run (each takes seconds): the merge waits on them
+    pending = local_slurm.job_fields(m[2])
+    assert pending["JobState"] == "PENDING" and f"afterok:{m[1]}" in pending.get("Dependency", ""), pending
     merge_fields = local_slurm.wait_for(m[2], 400, JobState={"COMPLETED", "FAILED", "CANCELLED"})
     assert merge_fields["JobState"] == "COMPLETED", log()
     assert len(list(logs.glob(f"xlmtrain-preprocess-shard-{m[1]}_*.out"))) == 2, log()
