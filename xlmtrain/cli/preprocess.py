@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xlmtrain.config_dir import conf_dir
-from xlmtrain.data.pipeline import PreprocessError, PreprocessSettings, preprocess
+from xlmtrain.data.pipeline import PreprocessSettings, preprocess
 
 CONF_DIR = str(conf_dir())
 

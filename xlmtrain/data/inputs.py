@@ -123,7 +123,8 @@ def discover(input_dir: Path, columns: Columns = Columns()) -> list[Source]:
         a, b = sorted((l1, l2))
         add(Source(f"{a}-{b}", (a, b), "text", (files[a], files[b])), files[l1])
     if not found:
-        raise PreprocessError(f"input={input_dir}: no <lang>.txt, <l1>-<l2>.<lang>, .jsonl, .parquet or datasets inputs")
+        raise PreprocessError(f"input={input_dir}: no <lang>.txt, <l1>-<l2>.<lang>, .jsonl, .parquet or datasets "
+                              "inputs")  # fmt: skip
     mono = sorted(n for n, s in found.items() if len(s.langs) == 1)
     para = sorted(n for n, s in found.items() if len(s.langs) == 2)
     return [found[n] for n in mono + para]
@@ -161,7 +162,8 @@ def scan(source: Source, chunk_lines: int) -> Scan:
                 f"parallel files differ in length: {source.paths[0]} has {counts[0]} lines, "
                 f"{source.paths[1]} has {counts[1]} lines"
             )
-        return Scan(counts[0], tuple(tuple(o) for _, o, _ in scans), {p.name: h for p, (_, _, h) in zip(source.paths, scans)})
+        hashes = {p.name: h for p, (_, _, h) in zip(source.paths, scans)}
+        return Scan(counts[0], tuple(tuple(o) for _, o, _ in scans), hashes)
     n_rows = _table_rows(source)
     starts = tuple(range(0, n_rows, chunk_lines)) or (0,)
     return Scan(n_rows, (starts,), {source.paths[0].name: _hash_path(source.paths[0])})
@@ -292,7 +294,8 @@ def _jsonl_rows(source: Source, start: int, first_line: int, n_lines: int,
             except json.JSONDecodeError as err:
                 raise PreprocessError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
-                raise PreprocessError(f"{where}: expected a JSON object with {list(source.columns)}, got {type(row).__name__}")
+                raise PreprocessError(f"{where}: expected a JSON object with {list(source.columns)}, "
+                                      f"got {type(row).__name__}")  # fmt: skip
             yield tuple(_cell(row.get(c, _MISSING), c, where) for c in source.columns)
 
 

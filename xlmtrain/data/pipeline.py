@@ -142,6 +142,9 @@ def _file_hash(path: Path, setting: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+JobStats = tuple[TokenizeStats, BinarizeStats]
+
+
 @dataclass
 class BuildPlan:
     """What a build reads and does: sources, their scans, the jobs (in source order), the build key."""
@@ -280,24 +283,24 @@ def learn_codes_and_vocab(plan: BuildPlan, work: Path, pool: multiprocessing.poo
     for counts in _each(_Sample(work, s), plan.jobs, pool, "sample", s.progress):
         word_counts.update(counts)
     if s.codes is None:
-        tmp = work / "codes.tmp"
+        tmp = work / f"codes.tmp{os.getpid()}"
         write_codes(learn_bpe(word_counts, s.bpe_merges), tmp)
         os.replace(tmp, codes)
     dico = _build_vocab(word_counts, BPE(codes), s)
-    tmp = work / "vocab.txt.tmp"
+    tmp = work / f"vocab.txt.tmp{os.getpid()}"
     dico.write_vocab(tmp)
     os.replace(tmp, vocab)
     return dico
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")  # shards on several machines may copy at once
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
 
 def binarize_jobs(plan: BuildPlan, jobs: list[Job], work: Path, dico: Dictionary,
-                  pool: multiprocessing.pool.Pool | None) -> dict[int, tuple[TokenizeStats, BinarizeStats]]:  # fmt: skip
+                  pool: multiprocessing.pool.Pool | None) -> dict[int, JobStats]:  # fmt: skip
     """Step 3: every job's arrays under `work/jobs/`; jobs finished by an earlier run (their marker file is
     there) are not redone."""
     s = plan.settings
@@ -369,8 +372,8 @@ def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PreprocessError(f"{path}: corrupt manifest, not valid JSON ({err}); rebuild it "
-                              "(python -m xlmtrain.preprocess ... force=true, or delete the folder if it is a cache entry)") from None  # fmt: skip
+        hint = "rebuild it (python -m xlmtrain.preprocess ... force=true, or delete the folder if it is a cache entry)"
+        raise PreprocessError(f"{path}: corrupt manifest, not valid JSON ({err}); {hint}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "xlmtrain-preprocessed":
         raise PreprocessError(f"{path}: not an xlmtrain preprocess manifest")
     return manifest
@@ -492,7 +495,7 @@ def build_shard(plan: BuildPlan, output: Path, index: int, n_shards: int) -> Pat
     files = write_corpora(plan, jobs, work, dico.dtype_name, shard)
     record = {"cache_key": plan.key, "index": index, "n_shards": n_shards, "files": files,
               "stats": {str(i): [vars(t), stats_dict(b)] for i, (t, b) in stats.items()}}  # fmt: skip
-    tmp = shard / "shard.json.tmp"
+    tmp = shard / f"shard.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, done)
     for job in jobs:  # the shard's corpora hold them now
@@ -546,8 +549,8 @@ def preprocess(input_dir: str | Path, output_dir: str | Path, settings: Preproce
         PreprocessError: unknown file layout or language code, parallel files of different lengths (both files
             and counts named), too few lines for the held-out splits, an output that overlaps the input, an
             output dir built differently (unless `force`), a merge before every shard is done.
-            Also: unreadable table inputs, bad JSON, missing columns, nulls (file and row named). InvalidUTF8Error: invalid UTF-8 with
-            `on_invalid_utf8=error` (file:line named).
+            Also: unreadable table inputs, bad JSON, missing columns, nulls (file and row named).
+            InvalidUTF8Error (a PreprocessError): invalid UTF-8 with `on_invalid_utf8=error` (file:line named).
     """
     s = settings or PreprocessSettings()
     input_dir, output = Path(input_dir), Path(output_dir)
