@@ -225,6 +225,7 @@ def test_embed_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     args = [str(model_dir), "--input", str(src), "--lang", "io", "--output", str(out), "--pooling", "mean", "--no-progress"]
     assert embed_cli.main(args) == 0
     assert "wrote 2 x 32 embeddings" in capsys.readouterr().out
+    args.append("--overwrite")  # the output exists now (tests/test_cli_outputs.py: refused without it)
     # The vectors are the model's: mean of the last block over `</s> ids </s>` of each line, with io's lang id;
     # and --layer picks the hidden state (1 = the first block's output).
     m = load_inference_model(model_dir)
@@ -238,7 +239,7 @@ def test_embed_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
             expected = hidden.hidden_states[-1 if layer is None else layer][0].mean(0)
             np.testing.assert_allclose(np.load(out)[row], expected.numpy(), rtol=1e-4, atol=1e-5)
     capsys.readouterr()
-    assert embed_cli.main([*args[:-1], "--layer", "7"]) == 2
+    assert embed_cli.main([*args, "--layer", "7"]) == 2
     assert capsys.readouterr().err.strip() == "error: layer 7 out of range for a 2-layer model (0 = embeddings, -1 = last block)"
     src.write_bytes(b"ok\n\xff\xfe\n")
     assert embed_cli.main(args) == 2
