@@ -30,6 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from transformers import XLMConfig as HFXLMConfig
+from transformers import XLMWithLMHeadModel
+
 from benchlib import (
     SHAPES,
     Shape,
@@ -39,10 +43,6 @@ from benchlib import (
     time_interleaved,
     train_step_flops,
 )
-from torch import nn
-from transformers import XLMConfig as HFXLMConfig
-from transformers import XLMWithLMHeadModel
-
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs
@@ -210,11 +210,15 @@ def main(argv: list[str] | None = None) -> None:
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
             steps = {
                 name: _cycle(
-                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16), batches
+                    # Defaults bind this model's loss and optimizer once, at definition (on purpose).
+                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16),  # noqa: B008
+                    batches,
                 )
                 for name, model in xlm_models.items()
             }
-            steps["transformers"] = _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf, args.bf16), batches)
+            steps["transformers"] = _cycle(
+                lambda b, m=hf_model, o=hf_opt: transformers_step(m, o, b.hf, args.bf16), batches
+            )
             stats = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats)
             peaks.append(matmul_peak_gflops())
             hf_rate = stats["transformers"].tokens_per_s(tokens)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.jobs import pretrain as pretrain_job
 from xlmtrain.jobs.pretrain import DataSettings, SyntheticCorpus

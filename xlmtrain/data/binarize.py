@@ -8,9 +8,9 @@ top-level function of picklable arguments so that a process pool can run it.
 from __future__ import annotations
 
 from collections import Counter
-from itertools import chain
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
