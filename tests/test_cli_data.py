@@ -13,7 +13,7 @@ from xlmtrain.objectives.data import BatchSettings
 
 
 def _data_cfg() -> DataSettings:
-    corpus = SyntheticCorpus(langs=("io", "vo"), n_mono=5, n_para=5, seed=0)
+    corpus = SyntheticCorpus(langs=("io", "vo"), n_mono=5, n_para=5, seed=0, shared_names=0)
     return DataSettings(dir=None, synthetic=corpus, preprocess=PreprocessSettings(), batching=BatchSettings())
 
 

@@ -78,7 +78,7 @@ def test_default_tlm_then_xnli_transfers_zero_shot_to_vo(tlm_default_run: Path, 
 
     quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        task = compose("xlmtrain", overrides=["+recipe=xnli", f"model.init={tlm_default_run}",
+        task = compose("xlmtrain", overrides=["+recipe=xnli", f"pretrained.path={tlm_default_run}",
                                               f"run_dir={tmp_path / 'xnli'}", *quiet])  # fmt: skip
     test = run_job(task)["results"]["test"]
     # Chance 33.3 on 1000 balanced pairs (std 1.5): 38 is 3 standard deviations above it. Measured: see
