@@ -1,5 +1,5 @@
 """Typed settings: one validation of the whole composed config before any work, one-line errors naming the key,
-the expected type and the value (`xlmtrain/settings.py`, `xlmtrain/cli/train.py`)."""
+the expected type and the value (`settings.py` and the schema in `cli/train.py`)."""
 
 from __future__ import annotations
 

@@ -55,12 +55,12 @@ def test_synthetic_nli_with_shared_names() -> None:
 
 def test_nli_task_takes_the_pretraining_runs_shared_names(tmp_path: Path) -> None:
     from xlmtrain.jobs.finetune import DEFAULT_SHARED_NAMES, pretraining_shared_names
-    from xlmtrain.training.run_record import record_run
+    from xlmtrain.training.run_data import write_run_data
 
-    assert pretraining_shared_names(tmp_path) == DEFAULT_SHARED_NAMES == 40  # no run.json: conf's default
-    record_run(tmp_path, data={"dir": None, "synthetic": {"shared_names": 0}})
+    assert pretraining_shared_names(tmp_path) == DEFAULT_SHARED_NAMES == 40  # no data.json: conf's default
+    write_run_data(tmp_path, {"dir": None, "synthetic": {"shared_names": 0}})
     assert pretraining_shared_names(tmp_path) == 0
-    record_run(tmp_path, data={"synthetic": {"shared_names": 12}})
+    write_run_data(tmp_path, {"synthetic": {"shared_names": 12}})
     assert pretraining_shared_names(tmp_path) == 12
 
 

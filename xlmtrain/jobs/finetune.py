@@ -33,7 +33,7 @@ from xlmtrain.tasks.readers import Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
-from xlmtrain.training.run_record import read_run_record
+from xlmtrain.training.run_data import read_run_data
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SyntheticNLI:
     n_test: int
     seed: int
     shared_names: int | None
-    """None: the pretraining run's `data.synthetic.shared_names` (its run.json), else `DEFAULT_SHARED_NAMES`."""
+    """None: the pretraining run's `data.synthetic.shared_names` (its data.json), else `DEFAULT_SHARED_NAMES`."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class FinetuneSettings:
 
 
 DEFAULT_SHARED_NAMES = 40
-"""conf/data/synthetic.yaml's `shared_names`: what a pretraining run used when its run.json is absent."""
+"""conf/data/synthetic.yaml's `shared_names`: what a pretraining run used when its data.json is absent."""
 
 
 @dataclass
@@ -259,10 +259,10 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
 
 
 def pretraining_shared_names(run_dir: Path) -> int:
-    """`data.synthetic.shared_names` the pretraining run in `run_dir` recorded (its run.json), so that the
+    """`data.synthetic.shared_names` the pretraining run in `run_dir` recorded (its data.json), so that the
     synthetic NLI task uses the names the model was pretrained with; `DEFAULT_SHARED_NAMES` if the run
-    recorded none (a model dir, or a run older than run.json)."""
-    names = (read_run_record(run_dir).get("data") or {}).get("synthetic", {}).get("shared_names")
+    recorded none (a model dir, or a run older than data.json)."""
+    names = read_run_data(run_dir).get("synthetic", {}).get("shared_names")
     return DEFAULT_SHARED_NAMES if names is None else int(names)
 
 

@@ -2,7 +2,7 @@
 
 - settings: `PretrainSettings` (built from the Hydra config by `xlmtrain/cli/train.py`, or by hand).
 - setup: resolve the data (none: generate the synthetic corpus and preprocess it into the cache; a raw folder:
-  preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/run.json`,
+  preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/data.json`,
   expand the streams over the data's languages, build the model config from the data's vocabulary and
   languages, the batch sources, the Lightning module and the trainer.
 - fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`).
@@ -36,7 +36,7 @@ from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
 from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
-from xlmtrain.training.run_record import record_run
+from xlmtrain.training.run_data import write_run_data
 
 TrainerFactory = Callable[..., pl.Trainer]
 
@@ -260,10 +260,10 @@ def synthetic_corpus(corpus: SyntheticCorpus, cache_dir: Path) -> Path:
 
 
 def _record_data(settings: PretrainSettings, data: PreprocessedData) -> None:
-    """`run.json`'s `data` section: the resolved data dir and the data settings, for later jobs and tools."""
+    """`<run_dir>/data.json`: the resolved data dir and the data settings, for later jobs and tools."""
     described = dataclasses.asdict(settings.data)
     described["dir"] = None if settings.data.dir is None else str(settings.data.dir)
-    record_run(settings.run_dir, data={**described, "resolved_dir": str(data.directory)})
+    write_run_data(settings.run_dir, {**described, "resolved_dir": str(data.directory)})
 
 
 def expand_streams(streams: Sequence[StreamSettings], data: PreprocessedData) -> list[StreamSpec]:
