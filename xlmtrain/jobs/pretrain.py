@@ -161,8 +161,8 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     )
     valid = ValidBatches(specs, data, **common)
     module = PretrainModule(
-        config.to_dict(),
-        [{"objective": s.objective, "langs": s.langs, "lambda_": s.lambda_, "weight": s.weight} for s in specs],
+        config,
+        specs,
         optimizer=settings.optimizer,
         scheduler=settings.scheduler,
         train_batches=train,
