@@ -295,11 +295,30 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _check_selection(run: Path, metric: str, select_on: str, langs: tuple[str, ...]) -> int:
+    """The one best-{epoch}.ckpt is the epoch with the highest logged `valid_<select_on>_<metric>`, and the valid
+    rows of results.csv are that epoch's logged values (re-evaluated with the selected checkpoint). Returns it."""
+    from xlmtrain.training.report import read_metrics
+
+    logged = [r for r in read_metrics(run / "metrics.csv") if f"valid_{select_on}_{metric}" in r]
+    by_epoch = {int(r["epoch"]): r for r in logged}
+    assert len(by_epoch) >= 2, "several epochs, so that selection matters"
+    best_epoch = max(by_epoch, key=lambda e: (by_epoch[e][f"valid_{select_on}_{metric}"], -e))  # ties: the first
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert torch.load(best, weights_only=True, map_location="cpu")["epoch"] == best_epoch, (best, by_epoch)
+    results = {r["lang"]: float(r[metric if metric == "f1" else "accuracy"]) for r in _rows(run / "results.csv")
+               if r["split"] == "valid"}  # fmt: skip
+    for lang in (*langs, "avg"):
+        assert results[lang] == pytest.approx(by_epoch[best_epoch][f"valid_{lang}_{metric}"], abs=0.01), lang
+    assert results["avg"] == pytest.approx(sum(results[lang] for lang in langs) / len(langs), abs=0.01)
+    return best_epoch
+
+
 @pytest.mark.slow
 def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
     run = tmp_path / "xnli"
     summary = _finetune(tiny_pretrained, run, "xnli", "task.synthetic.n_train=200", "task.synthetic.n_valid=40",
-                        "task.synthetic.n_test=60", "trainer.max_epochs=2", "task.batch_size=16")  # fmt: skip
+                        "task.synthetic.n_test=60", "trainer.max_epochs=3", "task.batch_size=16")  # fmt: skip
     rows = _rows(run / "results.csv")
     assert list(rows[0]) == ["lang", "split", "accuracy", "n"]
     assert [(r["lang"], r["split"], r["n"]) for r in rows] == [
@@ -311,7 +330,7 @@ def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
     for name in ("results.md", "xnli_accuracy.png", "metrics.csv", "model/config.json", "model/vocab.json"):
         assert (run / name).is_file(), name
     assert "| vo |" in (run / "results.md").read_text() and "| io* |" in (run / "results.md").read_text()
-    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+    _check_selection(run, "accuracy", "avg", ("io", "vo"))  # task.select_on=avg (default)
 
 
 @pytest.mark.slow
@@ -330,8 +349,13 @@ def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) 
         (data / f"{split}.{lang}.conll").write_text("\n".join(lines) + "\n")
     run = tmp_path / "tag"
     _finetune(tiny_pretrained, run, "token_classification", f"task.data_dir={data}", "task.train_langs=[io]",
-              "trainer.max_epochs=1", "optim.optimizer.lr=1e-3")  # fmt: skip
+              "trainer.max_epochs=3", "optim.optimizer.lr=1e-3", "task.select_on=vo")  # fmt: skip
     rows = _rows(run / "results.csv")
     assert [(r["lang"], r["split"]) for r in rows] == [("io", "valid"), ("vo", "valid"), ("avg", "valid"), ("vo", "test"), ("avg", "test")]
-    assert list(rows[0]) == ["lang", "split", "f1", "n"] and all(0 <= float(r["f1"]) <= 100 for r in rows)
+    assert list(rows[0]) == ["lang", "split", "f1", "n"]
+    # The checkpoint kept is the best epoch on vo (task.select_on), and the reported numbers are its.
+    _check_selection(run, "f1", "vo", ("io", "vo"))
+    # Every word but "." is its own B-W entity: tagging everything B-W scores F1 = 2p/(1+p) with p = the share of
+    # non-"." words (~0.8, F1 ~0.89); tagging everything O scores 0. Trained on io, the model is far above 0 there.
+    assert float(rows[0]["f1"]) > 50.0
     assert (run / "tagging_f1.png").is_file()
