@@ -126,10 +126,12 @@ def test_pad_right_by_hand() -> None:
 
 
 def test_every_epoch_is_a_new_permutation(tmp_path):
-    """Shuffled iterators visit every sentence once per epoch, in a different order each epoch (XLM reshuffles
-    every epoch): 8 one-sentence batches, 3 epochs."""
+    """Shuffled iterators visit every batch once per epoch, in a different order each epoch (XLM reshuffles
+    every epoch): sentence batches and stream batches, 3 epochs each."""
     c = _corpus(tmp_path / "c", [[20 + i] for i in range(8)])
-    s = SentenceBatches(c, batch_size=1, seed=0, shuffle=True, group_by_size=False)
-    epochs = [[int(next(s)[0][0, 1]) for _ in range(8)] for _ in range(3)]
-    assert all(sorted(e) == list(range(20, 28)) for e in epochs)
-    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    sentences = SentenceBatches(c, batch_size=1, seed=0, shuffle=True, group_by_size=False)
+    stream = StreamBatches(c, bptt=2, batch_size=1, seed=0, shuffle=True)
+    for it, n in ((sentences, 8), (stream, len(stream))):
+        epochs = [[tuple(next(it)[0].flatten().tolist()) for _ in range(n)] for _ in range(3)]
+        assert all(sorted(e) == sorted(epochs[0]) and len(set(e)) == n for e in epochs)
+        assert epochs[0] != epochs[1] and epochs[1] != epochs[2], epochs
