@@ -11,14 +11,14 @@ from tests.xlmtrain_cli import final_weights, run, tiny_overrides, train_rows, v
 
 RUN = ["trainer.max_steps=12", "trainer.val_check_interval=6", "model.dropout=0", "model.attention_dropout=0",
        "export=false"]  # fmt: skip
+CPU_DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true"]  # trainer=ddp alone: GPUs, bf16
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_step_for_step(synthetic_prep: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     run([*tiny_overrides(synthetic_prep, one, "mlm_tlm"), *RUN], tmp_path)
-    out = run([*tiny_overrides(synthetic_prep, two, "mlm_tlm"), *RUN, "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2"], tmp_path)  # fmt: skip
+    out = run([*tiny_overrides(synthetic_prep, two, "mlm_tlm"), *RUN, *CPU_DDP, "trainer.devices=2"], tmp_path)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out and "distributed_backend=gloo" in out, out
 
     a, b = train_rows(one), train_rows(two)

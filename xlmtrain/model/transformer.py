@@ -54,6 +54,14 @@ def init_weights(module: nn.Module, config: XLMConfig) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype matmuls on `tensor` run in: the autocast dtype of its device when autocast is on."""
+    device = tensor.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return tensor.dtype
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with transformers' projection names (`q_lin`, `k_lin`, `v_lin`, `out_lin`)."""
 
@@ -261,9 +269,11 @@ class XLMTransformer(nn.Module):
         attn_bias = None
         if not causal and padded:
             # Additive finfo.min rather than a boolean mask: a query whose keys are all masked then gets
-            # uniform weights, exactly as transformers' masked_fill(finfo.min), instead of NaN.
-            attn_bias = torch.zeros(bs, 1, 1, slen, dtype=tensor.dtype, device=tensor.device)
-            attn_bias.masked_fill_(~keep[:, None, None, :], torch.finfo(tensor.dtype).min)  # (bs, 1, 1, slen)
+            # uniform weights, exactly as transformers' masked_fill(finfo.min), instead of NaN. In the dtype the
+            # scores are computed in: under bf16 autocast an fp32 finfo.min would round to -inf (NaN again).
+            dtype = _compute_dtype(tensor)
+            attn_bias = torch.zeros(bs, 1, 1, slen, dtype=dtype, device=tensor.device)
+            attn_bias.masked_fill_(~keep[:, None, None, :], torch.finfo(dtype).min)  # (bs, 1, 1, slen)
 
         hidden_states = [tensor] if output_hidden_states else None
         n_full = self.config.n_layers

@@ -96,12 +96,15 @@ class MaskingSettings:
 
 @dataclass
 class TrainItem:
-    """One training batch: `batch` from stream `stream`, loss coefficient `lam`, global batch counter `index`."""
+    """One training batch: `batch` (this rank's rows) from stream `stream`, loss coefficient `lam`, global batch
+    counter `index`, and `n_targets`, the number of targets of the GLOBAL batch (all ranks' rows): the loss is
+    normalised by it without a collective."""
 
     batch: LMBatch
     stream: int
     lam: float
     index: int
+    n_targets: int
 
 
 @dataclass
@@ -271,12 +274,13 @@ class PretrainBatches:
             stream = self.mixture.draw(step, _generator(self.seed, k, 0))
             spec = self.specs[stream]
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
+            n_targets = batch.targets.numel()
             batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
             self._next_index = k + 1
             self._states[k] = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
             while len(self._states) > _KEEP_STATES:
                 self._states.popitem(last=False)
-            yield TrainItem(batch=batch, stream=stream, lam=spec.schedule(step), index=k)
+            yield TrainItem(batch=batch, stream=stream, lam=spec.schedule(step), index=k, n_targets=n_targets)
 
     def state_after(self, index: int) -> dict[str, Any]:
         """State that resumes right after training batch `index`; raises KeyError if it is too old."""

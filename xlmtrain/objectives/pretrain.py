@@ -31,11 +31,14 @@ from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.batches import LMBatch
 from xlmtrain.objectives.data import PretrainBatches, TrainItem, ValidBatches, ValidItem
 from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.training.precision import clip_gradients
+from xlmtrain.training.rng import CPU_KEY as RNG_KEY
+from xlmtrain.training.rng import DEVICE_KEY as DEVICE_RNG_KEY
+from xlmtrain.training.rng import gather_rng_states, restore_rng_states
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STATE_KEY = "xlmtrain_batches"
-RNG_KEY = "xlmtrain_rng"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -76,7 +79,8 @@ class PretrainModule(pl.LightningModule):
         self.train_batches = train_batches
         self.valid_batches = valid_batches
         self._pending_batch_state: dict[str, Any] | None = None
-        self._pending_rng_states: torch.Tensor | None = None
+        self._pending_rng_states: dict[str, torch.Tensor] | None = None
+        self._step_loss: tuple[TrainItem, torch.Tensor] | None = None
         self._last_trained_index = -1
         names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
         self.valid_names = names
@@ -105,31 +109,45 @@ class PretrainModule(pl.LightningModule):
         return self.model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **self._encoder_inputs(batch))
 
     def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
-        """`lambda * mean CE` of the drawn stream over the global batch; raises `NonFiniteLossError` naming
-        step and stream.
+        """`lambda * CE sum * world / n_targets`: the rank's share of the global batch's mean loss.
 
-        Under DDP each rank holds a slice of the global batch (`rank_rows`). The mean is over the targets
-        of ALL ranks (one all-reduce of `[n_targets, CE sum]`), and the rank's loss is scaled by the world
-        size because DDP averages gradients: the update is then the 1-process update of the global batch.
-        The logged losses are the global means (identical on every rank, so no further reduction).
+        Under DDP each rank holds a slice of the global batch (`rank_rows`); `item.n_targets` counts the
+        targets of ALL ranks (known on the host: every rank draws the global batch), so the loss needs no
+        collective before backward. The rank's loss is scaled by the world size because DDP averages gradients:
+        the update is then the 1-process update of the global batch. The logged global mean is reduced after
+        backward (`on_after_backward`).
         """
-        spec = self.specs[item.stream]
         ce_sum = self.target_losses(item.batch).sum()
-        n_total, ce_total = item.batch.targets.numel(), ce_sum.detach()
-        world = self.trainer.world_size
-        if world > 1:
-            sums = self.trainer.strategy.reduce(
-                torch.stack([torch.tensor(float(n_total), device=ce_total.device), ce_total]), reduce_op="sum"
-            )
-            n_total, ce_total = sums[0], sums[1]  # kept on the device: no host sync
-        ce_mean = ce_total / n_total
-        self._check_finite(ce_mean, item.index, spec.name)
+        self._step_loss = (item, ce_sum.detach())
         self._last_trained_index = item.index
+        return item.lam * ce_sum * (self.trainer.world_size / item.n_targets)
+
+    def on_after_backward(self) -> None:
+        """Log the global mean CE of the step's batch and raise `NonFiniteLossError` if it is NaN or infinite.
+
+        Under DDP the ranks' CE sums are all-reduced here, after DDP's gradient buckets (on NCCL the reduce is
+        enqueued on the device without a host wait), and before the optimizer step, so a non-finite loss stops
+        every rank together before it reaches the weights.
+        """
+        if self._step_loss is None:
+            return
+        (item, ce_sum), self._step_loss = self._step_loss, None
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(ce_sum)  # the default group: Lightning's DDP process group
+        ce_mean = ce_sum / item.n_targets
+        spec = self.specs[item.stream]
+        self._check_finite(ce_mean, item.index, spec.name)
         bs = item.batch.input_ids.shape[0]
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return item.lam * ce_sum * (world / n_total)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, also for the fused optimizer under bf16-mixed (see `training.precision`)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _check_finite(self, ce_mean: torch.Tensor, batch_index: int, stream: str) -> None:
         """Raise `NonFiniteLossError` naming step, batch and stream if the (global) loss is NaN or infinite.
@@ -138,6 +156,7 @@ class PretrainModule(pl.LightningModule):
         only every `trainer.log_every_n_steps` steps (the first step too). A non-finite loss poisons the
         weights, so later losses stay non-finite and the check still stops the run within that many steps.
         The value is global (all-reduced), so under DDP every rank raises together instead of hanging.
+        Raised from `on_after_backward`, before the optimizer step: the weights stay finite.
         """
         if ce_mean.device.type != "cpu" and self.global_step % max(self.trainer.log_every_n_steps, 1):
             return
@@ -161,11 +180,16 @@ class PretrainModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        # Every rank computes every metric in the same order (each compute is a collective), also for a stream
+        # it had no batch of: skipping by the local `update_called` would leave the other ranks' sync unmatched.
+        # A stream no rank validated gives 0/0 = NaN on all of them alike and is not logged.
         for key, ce_metric in self.valid_ce.items():
-            if not ce_metric.update_called:
-                continue
             name = _unkey(key)
             ce = ce_metric.compute()
+            if torch.isnan(ce):
+                ce_metric.reset()
+                self.valid_acc[key].reset()
+                continue
             self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
             self.log(f"valid_{name}_acc", self.valid_acc[key].compute(), sync_dist=True)
             ce_metric.reset()
@@ -202,28 +226,30 @@ class PretrainModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the batch source's state as of the last trained batch (not the prefetched one) and every
-        rank's torch RNG state (dropout), so a resumed run continues bit for bit."""
+        rank's RNG states (CPU and CUDA: dropout), so a resumed run continues bit for bit."""
         if self.train_batches is not None and self._last_trained_index >= 0:
             checkpoint[STATE_KEY] = self.train_batches.state_after(self._last_trained_index)
-        # Every rank runs this hook (only rank 0 writes the file), so the gather is a matched collective.
-        states = self.all_gather(torch.get_rng_state()) if self.trainer.world_size > 1 else torch.get_rng_state()[None]
-        checkpoint[RNG_KEY] = states.cpu()  # (world_size, rng state bytes)
+        # Every rank runs this hook (only rank 0 writes the file), so the gathers are matched collectives.
+        strategy = self.trainer.strategy
+        checkpoint.update(gather_rng_states(self.all_gather, strategy.root_device, self.trainer.world_size))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the saved batch and RNG states; they are applied when training starts."""
         self._pending_batch_state = checkpoint.get(STATE_KEY)
-        self._pending_rng_states = checkpoint.get(RNG_KEY)
+        self._pending_rng_states = {key: checkpoint[key] for key in (RNG_KEY, DEVICE_RNG_KEY) if key in checkpoint}
 
     def on_train_start(self) -> None:
-        """Restore this rank's RNG state from the checkpoint (only if it was saved with the same world size:
+        """Restore this rank's RNG states from the checkpoint (only if it was saved with the same world size:
         otherwise the dropout streams cannot be continued, and a fresh seed is as good as any)."""
         states, self._pending_rng_states = self._pending_rng_states, None
-        if states is not None and len(states) == self.trainer.world_size:
-            torch.set_rng_state(states[self.global_rank].clone())
-        elif self.global_rank > 0:
+        world, rank = self.trainer.world_size, self.global_rank
+        if states and restore_rng_states(states, self.trainer.strategy.root_device, rank, world):
+            return
+        if rank > 0:
             # Every rank was seeded alike (identical init); give each its own dropout stream, or all ranks
-            # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged.
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+            # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged. (manual_seed
+            # seeds the CUDA generators too.)
+            torch.manual_seed(torch.initial_seed() + rank)
 
 
 def _key(name: str) -> str:
