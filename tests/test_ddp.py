@@ -39,3 +39,37 @@ def test_two_processes_match_one_process_step_for_step(synthetic_prep: Path, tmp
         # lr-sized steps, so it differs between any two summation orders and is not compared.
         if not key.endswith("k_lin.bias"):
             torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_training_steps_run_no_collective_before_backward_and_all_on_the_root_device(
+    synthetic_prep: Path, tmp_path: Path
+) -> None:
+    """Every torch.distributed collective of a 2-process gloo run, logged by `tests/collective_probe`: none inside
+    `training_step` (DDP's gradient buckets aside, which are C++), one all-reduce of the loss after each backward,
+    the preemption agreement every `check_every_n_steps`, and every input on the strategy's root device."""
+    import json
+    import os
+
+    from tests.xlmtrain_cli import CLI, clean_env
+
+    steps, poll = 12, 5
+    env = {**clean_env(), "XLMTRAIN_COLLECTIVE_LOG": str(tmp_path / "collectives")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "collective_probe"), env.get("PYTHONPATH", "")])
+    args = [*tiny_overrides(synthetic_prep, tmp_path / "run", "mlm_tlm"), *RUN[1:], f"trainer.max_steps={steps}",
+            "trainer.val_check_interval=1000", *CPU_DDP, "trainer.devices=2",
+            f"callbacks.preemption.check_every_n_steps={poll}"]  # fmt: skip
+    import subprocess
+
+    proc = subprocess.run(CLI + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logs = sorted(tmp_path.glob("collectives.*"))
+    assert len(logs) == 2, logs
+    for log in logs:
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert all(device == "cpu" for c in calls for device in c["devices"]), calls  # gloo: the root device is cpu
+        assert not [c for c in calls if "training_step" in c["stack"]], "a collective before backward"
+        after_backward = [c for c in calls if "on_after_backward" in c["stack"]]
+        assert [c["name"] for c in after_backward] == ["all_reduce"] * steps
+        polls = [c for c in calls if "reduce_boolean_decision" in c["stack"]]
+        assert len([c for c in polls if c["name"] == "all_reduce"]) == steps // poll, polls
