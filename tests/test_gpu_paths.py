@@ -134,3 +134,76 @@ def test_embeddings_feed_the_model_on_its_own_device(pooling: str, monkeypatch: 
     out = embed_ids(model, [[1, 20, 1], [1, 21, 22, 1]], lang_id=0, pooling=pooling, batch_size=2)
     assert seen and set(seen) == {torch.device("meta")}
     assert out.shape == (2, 8) and out.device.type == "cpu"
+
+
+class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops that make the host wait for a CUDA device: reading a value (`.item()`, `bool()`,
+    `int()`), `nonzero` (and boolean-mask indexing, which calls it), `masked_select`. On CPU they are visible
+    here though free."""
+
+    SYNCS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.is_nonzero")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
+        if name.startswith(self.SYNCS) or (name == "aten.index" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)):  # fmt: skip
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _lm_batch(causal: bool, padded: bool):  # type: ignore[no-untyped-def]
+    from xlmtrain.objectives.batches import LMBatch, with_host_layout
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(14, 40, (3, 7), generator=generator)
+    lengths = torch.tensor([7, 5 if padded else 7, 7])
+    ids[1, int(lengths[1]) :] = 2
+    pred_mask = (torch.rand(3, 7, generator=generator) < 0.4) & (torch.arange(7)[None] < lengths[:, None])
+    pred_mask[:, 1] = True
+    targets = ids[pred_mask]
+    return with_host_layout(LMBatch(ids, lengths, None, None, pred_mask, targets, causal=causal))
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("causal", [False, True], ids=["mlm", "clm"])
+def test_training_loss_with_the_host_layout_makes_no_host_sync(causal: bool, padded: bool) -> None:
+    """The pretraining step's forward and backward (`masked_lm_loss` with the batch's `SelectedPositions` and
+    `padded`) runs no op that would stall on a GPU, and gives exactly the bool-mask path's losses."""
+    from xlmtrain.model.heads import XLMWithLMHead
+
+    torch.manual_seed(0)
+    config = XLMConfig(vocab_size=40, emb_dim=16, n_layers=2, n_heads=2, dropout=0.0, attention_dropout=0.0)
+    model = XLMWithLMHead(config)
+    batch = _lm_batch(causal, padded)
+    assert batch.padded is padded
+    inputs = {"lengths": batch.lengths, "causal": causal}
+    reference = model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **inputs)
+    with _HostSyncs() as syncs:
+        losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, padded=batch.padded, **inputs)
+        losses.sum().backward()
+    assert syncs.seen == []
+    torch.testing.assert_close(losses, reference, rtol=0, atol=0)
+
+
+def test_causal_attention_stays_flash_eligible_in_the_last_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLM with predicted positions: every block calls SDPA with `is_causal` and no dense mask (flash-eligible)."""
+    import xlmtrain.model.transformer as transformer
+
+    calls: list[tuple[bool, bool]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((attn_mask is None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(transformer.F, "scaled_dot_product_attention", recording)
+    model = XLMTransformer(XLMConfig(vocab_size=40, emb_dim=16, n_layers=3, n_heads=2)).eval()
+    batch = _lm_batch(causal=True, padded=False)
+    out = model.encode(batch.input_ids, causal=True, output_positions=batch.selected, padded=False)
+    assert calls == [(True, True)] * 3
+    full = model.encode(batch.input_ids, causal=True).last_hidden_state
+    torch.testing.assert_close(out.last_hidden_state, full[batch.pred_mask], rtol=0, atol=0)

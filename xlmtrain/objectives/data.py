@@ -32,7 +32,7 @@ import torch
 
 from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.data.streams import ParallelBatches, StreamBatches
-from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, next_token_targets
+from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, next_token_targets, with_host_layout
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
 from xlmtrain.objectives.streams import StreamMixture, StreamSpec
 
@@ -276,6 +276,7 @@ class PretrainBatches:
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
             n_targets = batch.targets.numel()
             batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
+            batch = with_host_layout(batch)
             self._next_index = k + 1
             self._states[k] = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
             while len(self._states) > _KEEP_STATES:

@@ -98,7 +98,8 @@ class PretrainModule(pl.LightningModule):
 
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
         langs = batch.langs if self.config.n_langs > 1 else None
-        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
+        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal,
+                "padded": batch.padded}
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
@@ -106,7 +107,8 @@ class PretrainModule(pl.LightningModule):
 
     def target_losses(self, batch: LMBatch) -> torch.Tensor:
         """Cross-entropy `(n_pred,)` of each target (fused projection + CE: no logits are kept)."""
-        return self.model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **self._encoder_inputs(batch))
+        selected = batch.pred_mask if batch.selected is None else batch.selected  # the host-built layout: no sync
+        return self.model.masked_lm_loss(batch.input_ids, selected, batch.targets, **self._encoder_inputs(batch))
 
     def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
         """`lambda * CE sum * world / n_targets`: the rank's share of the global batch's mean loss.
