@@ -20,7 +20,7 @@ from xlmtrain.training import rng
 def test_bf16_mixed_trains_with_clipping_and_the_fused_adamw_like_fp32(
     synthetic_prep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from xlmtrain.cli.train import train
+    from xlmtrain.__main__ import run as train
 
     clipped: list[float] = []
     real_clip = torch.nn.utils.clip_grad_norm_
