@@ -191,7 +191,7 @@ def test_training_loss_with_the_host_layout_makes_no_host_sync(causal: bool, pad
 
 def test_causal_attention_stays_flash_eligible_in_the_last_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """CLM with predicted positions: every block calls SDPA with `is_causal` and no dense mask (flash-eligible)."""
-    import xlmtrain.model.transformer as transformer
+    from xlmtrain.model import transformer
 
     calls: list[tuple[bool, bool]] = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -207,3 +207,21 @@ def test_causal_attention_stays_flash_eligible_in_the_last_block(monkeypatch: py
     assert calls == [(True, True)] * 3
     full = model.encode(batch.input_ids, causal=True).last_hidden_state
     torch.testing.assert_close(out.last_hidden_state, full[batch.pred_mask], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("mine", "rank0"), [("b.ckpt", "a.ckpt"), (None, "a.ckpt"), ("a.ckpt", None)])
+def test_ranks_that_picked_another_checkpoint_than_rank_0_all_stop(mine: str | None, rank0: str | None) -> None:
+    from xlmtrain.training.resume import ResumeAgreement
+
+    decisions: list[bool] = []
+
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:
+        decisions.append(decision)
+        return decision  # the other ranks agreed: the result is this rank's
+
+    strategy = SimpleNamespace(broadcast=lambda obj, src=0: rank0, reduce_boolean_decision=reduce_boolean_decision)
+    trainer = SimpleNamespace(world_size=2, global_rank=1, strategy=strategy)
+    with pytest.raises(RuntimeError, match=f"rank 0 chose {rank0}, rank 1 {mine}"):
+        ResumeAgreement(mine).setup(trainer, None, "fit")  # type: ignore[arg-type]
+    assert decisions == [False]
+    ResumeAgreement(rank0).setup(trainer, None, "fit")  # type: ignore[arg-type]  # the same choice: no error

@@ -36,7 +36,7 @@ from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
-from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
+from xlmtrain.training.resume import ResumeAgreement, find_resume_checkpoint, truncate_metrics_csv, validated_step
 from xlmtrain.training.run_record import record_run
 
 TrainerFactory = Callable[..., pl.Trainer]
@@ -159,6 +159,7 @@ def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer)
             # Rows a killed run flushed after its last checkpoint are logged again by this run.
             truncate_metrics_csv(metrics, validated_step(ckpt_path))
             print(f"[xlmtrain] resuming from {ckpt_path}", flush=True)
+    trainer.callbacks.append(ResumeAgreement(ckpt_path))  # every rank must have picked rank 0's checkpoint
     trainer.fit(module, ckpt_path=ckpt_path)
 
 
