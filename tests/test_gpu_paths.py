@@ -225,3 +225,69 @@ def test_ranks_that_picked_another_checkpoint_than_rank_0_all_stop(mine: str | N
         ResumeAgreement(mine).setup(trainer, None, "fit")  # type: ignore[arg-type]
     assert decisions == [False]
     ResumeAgreement(rank0).setup(trainer, None, "fit")  # type: ignore[arg-type]  # the same choice: no error
+
+
+def _pretrain_batches(prep: Path):  # type: ignore[no-untyped-def]
+    from xlmtrain.data.preprocessed import PreprocessedData
+    from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches
+    from xlmtrain.objectives.streams import StreamSpec
+
+    data = PreprocessedData(prep)
+    specs = [StreamSpec("mlm", "io"), StreamSpec("tlm", "io-vo")]
+    return PretrainBatches(specs, data, n_words=len(data.dictionary), counts=data.dictionary.counts,
+                           batching=BatchSettings(batch_size=4, bptt=16), masking=MaskingSettings(), seed=3)  # fmt: skip
+
+
+def test_background_batches_yield_the_same_items_and_checkpoint_states(synthetic_prep: Path) -> None:
+    """Built ahead in a thread, the items and the state saved for the last trained one are those of iterating the
+    source directly, so prefetching does not shift a resumed run."""
+    from itertools import islice
+
+    from xlmtrain.training.prefetch import BackgroundBatches
+
+    direct = _pretrain_batches(synthetic_prep)
+    expected = list(islice(iter(direct), 6))
+    expected_state = direct.state_after(3)
+    ahead = _pretrain_batches(synthetic_prep)
+    background = BackgroundBatches(ahead, depth=3)
+    got = list(islice(iter(background), 6))  # the worker has built up to 3 more meanwhile
+    assert [i.index for i in got] == [i.index for i in expected] == list(range(6))
+    for a, b in zip(got, expected):
+        assert a.stream == b.stream and a.n_targets == b.n_targets
+        assert torch.equal(a.batch.input_ids, b.batch.input_ids) and torch.equal(a.batch.targets, b.batch.targets)
+    assert ahead.state_after(3) == expected_state
+    background.close()
+
+
+def test_background_batches_raise_the_source_error_at_its_item() -> None:
+    from xlmtrain.training.prefetch import BackgroundBatches
+
+    def source():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+        raise ValueError("corpus file truncated")
+
+    seen = []
+    with pytest.raises(ValueError, match="corpus file truncated"):
+        for item in BackgroundBatches(source(), depth=2):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_training_batches_come_from_the_background_worker_on_accelerators_only(
+    synthetic_prep: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xlmtrain.training.prefetch import BackgroundBatches
+
+    config = XLMConfig(vocab_size=40, emb_dim=16, n_layers=1, n_heads=2)
+    module = PretrainModule(config.to_dict(), [{"objective": "mlm", "langs": "io"}], optimizer=torch.optim.AdamW,
+                            train_batches=_pretrain_batches(synthetic_prep))  # fmt: skip
+    for device, background, pinned in (("cpu", False, None), ("cuda", True, True), ("mps", True, False)):
+        trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), world_size=1,
+                                  accumulate_grad_batches=1)  # fmt: skip
+        monkeypatch.setattr(PretrainModule, "trainer", property(lambda self, t=trainer: t))
+        monkeypatch.setattr(PretrainModule, "global_rank", property(lambda self: 0))
+        loader = module.train_dataloader()
+        assert isinstance(loader, BackgroundBatches) is background
+        if background:
+            assert loader.pin_memory is pinned and loader.source is module.train_batches

@@ -32,6 +32,7 @@ from xlmtrain.objectives.batches import LMBatch
 from xlmtrain.objectives.data import PretrainBatches, TrainItem, ValidBatches, ValidItem
 from xlmtrain.objectives.streams import StreamSpec
 from xlmtrain.training.precision import clip_gradients
+from xlmtrain.training.prefetch import BackgroundBatches
 from xlmtrain.training.rng import CPU_KEY as RNG_KEY
 from xlmtrain.training.rng import DEVICE_KEY as DEVICE_RNG_KEY
 from xlmtrain.training.rng import gather_rng_states, restore_rng_states
@@ -39,6 +40,7 @@ from xlmtrain.training.rng import gather_rng_states, restore_rng_states
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STATE_KEY = "xlmtrain_batches"
+PREFETCH_BATCHES = 4  # built ahead on accelerators; far below the batch states kept for checkpoints (64)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -205,8 +207,10 @@ class PretrainModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def train_dataloader(self) -> PretrainBatches:
-        """The stream mixture itself (an iterable of `TrainItem`), positioned at the restored state."""
+    def train_dataloader(self) -> PretrainBatches | BackgroundBatches[TrainItem]:
+        """The stream mixture (an iterable of `TrainItem`), positioned at the restored state; on an accelerator
+        built ahead in a background thread (pinned memory on CUDA), on the CPU in the training loop itself (there
+        the thread would only compete with the step for the same cores)."""
         if self.train_batches is None:
             raise RuntimeError("PretrainModule was built without train_batches")
         self.train_batches.configure(
@@ -217,7 +221,10 @@ class PretrainModule(pl.LightningModule):
         if self._pending_batch_state is not None:
             self.train_batches.restore(self._pending_batch_state)
             self._pending_batch_state = None
-        return self.train_batches
+        device = self.trainer.strategy.root_device
+        if device.type == "cpu":
+            return self.train_batches
+        return BackgroundBatches(self.train_batches, depth=PREFETCH_BATCHES, pin_memory=device.type == "cuda")
 
     def val_dataloader(self) -> ValidBatches | list:
         """Deterministic validation batches of every stream (empty when none were given)."""
