@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli_runs import CLI, clean_env, final_weights, run, tiny_overrides, train_rows, valid_rows
+from tests.cli_runs import (
+    CLI,
+    clean_env,
+    final_weights,
+    run,
+    tiny_overrides,
+    train_rows,
+    valid_rows,
+)
 
 RUN = ["trainer.max_steps=12", "trainer.val_check_interval=6", "model.dropout=0", "model.attention_dropout=0",
        "export=false"]  # fmt: skip

@@ -21,7 +21,12 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
-from xlmtrain.inference.loading import EncodedLine, InferenceModel, model_device, pad_batch
+from xlmtrain.inference.loading import (
+    EncodedLine,
+    InferenceModel,
+    model_device,
+    pad_batch,
+)
 from xlmtrain.inference.textio import count_lines, read_lines
 from xlmtrain.model.heads import XLMHeadModel
 

@@ -16,7 +16,12 @@ from torch import Tensor, nn
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.losses import linear_cross_entropy
 from xlmtrain.model.tied_embedding import TiedGradSlot
-from xlmtrain.model.transformer import EncoderOutput, SelectedPositions, XLMTransformer, init_weights
+from xlmtrain.model.transformer import (
+    EncoderOutput,
+    SelectedPositions,
+    XLMTransformer,
+    init_weights,
+)
 
 
 @dataclass

@@ -33,7 +33,13 @@ import torch
 
 from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.data.streams import ParallelBatches, StreamBatches
-from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, next_token_targets, with_host_layout
+from xlmtrain.objectives.batches import (
+    LMBatch,
+    concat_pair,
+    constant_langs,
+    next_token_targets,
+    with_host_layout,
+)
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
 from xlmtrain.objectives.streams import StreamMixture, StreamSpec
 

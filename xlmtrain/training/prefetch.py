@@ -66,7 +66,7 @@ class BackgroundBatches(Generic[T]):
                             continue
                     if stop.is_set():
                         return
-            except BaseException as error:  # handed to the consumer, raised there
+            except BaseException as error:  # noqa: BLE001 (handed to the consumer, raised there)
                 items.put(_Failure(error))
 
         thread = threading.Thread(target=produce, name="xlmtrain-batches", daemon=True)
