@@ -75,5 +75,19 @@ def test_training_steps_run_no_collective_before_backward_and_all_on_the_root_de
         assert not [c for c in calls if "training_step" in c["stack"]], "a collective before backward"
         after_backward = [c for c in calls if "on_after_backward" in c["stack"]]
         assert [c["name"] for c in after_backward] == ["all_reduce"] * steps
-        polls = [c for c in calls if "reduce_boolean_decision" in c["stack"]]
+        polls = [c for c in calls if "reduce_boolean_decision" in c["stack"] and "on_train_batch_end" in c["stack"]]
         assert len([c for c in polls if c["name"] == "all_reduce"]) == steps // poll, polls
+
+
+@pytest.mark.slow
+def test_validation_with_fewer_batches_than_ranks_matches_one_process(synthetic_prep: Path, tmp_path: Path) -> None:
+    """valid_max_batches=1 under 2 ranks: rank 1 validates nothing, yet computes (and syncs) every metric like
+    rank 0, so the collectives stay matched and the numbers are the 1-process ones."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    short = [*RUN[1:], "trainer.max_steps=4", "trainer.val_check_interval=4", "data.batching.valid_max_batches=1"]
+    run([*tiny_overrides(synthetic_prep, one, "mlm_tlm"), *short], tmp_path)
+    run([*tiny_overrides(synthetic_prep, two, "mlm_tlm"), *short, *CPU_DDP, "trainer.devices=2"], tmp_path, timeout=180)
+    va, vb = valid_rows(one), valid_rows(two)
+    assert len(va) == len(vb) == 1 and set(va[0]) == set(vb[0]) and any(k.endswith("_ppl") for k in va[0])
+    for key in va[0]:
+        assert vb[0][key] == pytest.approx(va[0][key], rel=1e-4), key
