@@ -171,8 +171,9 @@ for n in 1 2 4 8 "$gpus"; do
   DDP=(trainer=ddp "trainer.devices=$n" trainer.max_steps=120 trainer.val_check_interval=1000)
   if (( n >= 2 )); then
     rm -f "$OUT"/collectives_$n.*
-    XLMTRAIN_COLLECTIVE_LOG="$OUT/collectives_$n" PYTHONPATH="$REPO/tests/collective_probe:$PYTHONPATH" \
-      step "ddp_$n" 240 "$PY" -m xlmtrain "${TRAIN[@]}" "${DDP[@]}" run_dir="$OUT/ddp_$n" resume=never
+    step "ddp_$n" 240 env XLMTRAIN_COLLECTIVE_LOG="$OUT/collectives_$n" \
+      PYTHONPATH="$REPO/tests/collective_probe:$PYTHONPATH" "$PY" -m xlmtrain "${TRAIN[@]}" "${DDP[@]}" \
+      run_dir="$OUT/ddp_$n" resume=never
   else
     step "ddp_$n" 240 "$PY" -m xlmtrain "${TRAIN[@]}" "${DDP[@]}" run_dir="$OUT/ddp_$n" resume=never
   fi
