@@ -28,8 +28,9 @@
 #
 # --prepare (CPU machine, internet; both folders are git-ignored: carry them to the GPU machine):
 #   .whl/             python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
-#                       --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.2 omegaconf==2.3.0
-#                       antlr4-python3-runtime==4.9.3 sacremoses==0.1.1 regex click joblib
+#                       --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.2 omegaconf==2.3.0 sacremoses==0.2.0
+#                       regex click joblib; python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+#                       (an sdist only: built here into a py3-none-any wheel)
 #   gpu_check_data/   the default synthetic corpus (conf/data/synthetic.yaml) preprocessed by this checkout.
 set -uo pipefail
 
@@ -45,23 +46,29 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "${1:-}" == "--prepare" ]]; then
   set -e
   "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 -d "$WHEELS" hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 \
-    sacremoses==0.1.1 regex click joblib
-  "$PY" - "$DATA" <<'EOF'
+    --platform manylinux2014_x86_64 -d "$WHEELS" hydra-core==1.3.2 omegaconf==2.3.0 sacremoses==0.2.0 regex click joblib
+  # omegaconf needs antlr4 4.9.*, published as an sdist only: build its pure-Python wheel here.
+  "$PY" -m pip wheel --no-deps -w "$WHEELS" antlr4-python3-runtime==4.9.3
+  # A file, not stdin: the preprocessing workers are spawned processes that re-import the main module.
+  prepare_py=$(mktemp --suffix=.py)
+  cat > "$prepare_py" <<'EOF'
 import shutil, sys, tempfile
 from pathlib import Path
 from xlmtrain.data.preprocessed import ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 
-out = Path(sys.argv[1]) / "synthetic"
-with tempfile.TemporaryDirectory() as tmp:  # conf/data/synthetic.yaml's corpus and preprocessing
-    raw = write_corpus(Path(tmp) / "raw", langs=("io", "vo"), n_mono=20000, n_para=20000, seed=0, shared_names=40)
-    built = ensure_preprocessed(raw, Path(tmp) / "cache", bpe_merges=2000, valid_lines=500, test_lines=500,
-                                workers=2, progress=False)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(built, out)
-print(f"prepared {out}")
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) / "synthetic"
+    with tempfile.TemporaryDirectory() as tmp:  # conf/data/synthetic.yaml's corpus and preprocessing
+        raw = write_corpus(Path(tmp) / "raw", langs=("io", "vo"), n_mono=20000, n_para=20000, seed=0, shared_names=40)
+        built = ensure_preprocessed(raw, Path(tmp) / "cache", bpe_merges=2000, valid_lines=500, test_lines=500,
+                                    workers=2, progress=False)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(built, out)
+    print(f"prepared {out}")
 EOF
+  "$PY" "$prepare_py" "$DATA"
+  rm -f "$prepare_py"
   echo "gpu_check: prepared $WHEELS and $DATA; carry both (e.g. the device tool's carry: [.whl, gpu_check_data])"
   exit 0
 fi
