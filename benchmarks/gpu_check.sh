@@ -90,7 +90,7 @@ if ! "$PY" -c 'import hydra, omegaconf, sacremoses' 2>/dev/null && compgen -G "$
     && export PYTHONPATH="$DEPS:$PYTHONPATH" && note "gpu_check: installed $(ls "$WHEELS"/*.whl | wc -l) carried wheels into $DEPS"
 fi
 missing=$("$PY" - <<'EOF'
-import importlib
+import importlib.util
 names = ["hydra", "omegaconf", "sacremoses", "lightning", "torchmetrics", "transformers", "safetensors", "pytest",
          "fastBPE"]
 print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
