@@ -12,7 +12,7 @@ process, steps interleaved so that background load hits both alike:
   `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
 Both optimizers are fused AdamW, lr 1e-4, weight decay 0 (`--unfused-adam` to use the for-loop one on both).
 fp32 by default; `--bf16` runs both under bf16 autocast; `--compile` adds a third contender, xlmtrain compiled
-(`model.compile()`, as `model.compile=true`), and the last line is then the compiled one's speedup.
+(`model.compile()`, as `compile=true`), and the last line is then the compiled one's speedup.
 `--device cuda` runs both on the GPU (every step synchronised before the clock stops; MFU against the matmul peak of
 the run's dtype, bf16 with `--bf16`, measured on the GPU in the same run); `benchmarks/gpu_check.sh` runs it so.
 
@@ -32,6 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from transformers import XLMConfig as HFXLMConfig
+from transformers import XLMWithLMHeadModel
+
 from benchlib import (
     SHAPES,
     Shape,
@@ -41,10 +45,6 @@ from benchlib import (
     time_interleaved,
     train_step_flops,
 )
-from torch import nn
-from transformers import XLMConfig as HFXLMConfig
-from transformers import XLMWithLMHeadModel
-
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, with_host_layout
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in (SHAPES[s] for s in args.shapes.split(",")):
         config = model_config(shape)
         hf_model = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train().to(device)
-        # xlmtrain eager, plus xlmtrain compiled in place (as `model.compile=true` in build) with --compile.
+        # xlmtrain eager, plus xlmtrain compiled in place (as `compile=true` in build) with --compile.
         variants = ["xlmtrain", "xlmtrain compiled"] if args.compile else ["xlmtrain"]
         xlm_models = {}
         for name in variants:
@@ -233,11 +233,15 @@ def main(argv: list[str] | None = None) -> None:
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
             steps = {
                 name: _cycle(
-                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16), batches
+                    # Defaults bind this model's loss and optimizer once, at definition (on purpose).
+                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16),  # noqa: B008
+                    batches,
                 )
                 for name, model in xlm_models.items()
             }
-            steps["transformers"] = _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf, args.bf16), batches)
+            steps["transformers"] = _cycle(
+                lambda b, m=hf_model, o=hf_opt: transformers_step(m, o, b.hf, args.bf16), batches
+            )
             stats = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats)
             peaks.append(matmul_peak_gflops(device=device, dtype=peak_dtype))
             hf_rate = stats["transformers"].tokens_per_s(tokens)[0]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from slurm_harness import REPO, LocalSlurm, local_slurm  # noqa: F401 (fixture)
 
-from tests.conftest import CONF_DIR
 from tests.cli_runs import CLI, checkpoint_steps, exported_weights, resumed_from, tiny_overrides, train_rows
+from tests.conftest import CONF_DIR
 from xlmtrain.training.resume import validated_step
 
 pytestmark = pytest.mark.slurm
@@ -22,7 +22,8 @@ SRUN_SCRIPT = REPO / "slurm" / "srun_xlmtrain.sh"
 
 
 def test_templates_are_shipped() -> None:
-    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch"}
+    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch",
+                                           "preprocess_array.sbatch"}
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)

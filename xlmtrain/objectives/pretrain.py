@@ -18,7 +18,7 @@ TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -43,17 +43,13 @@ STATE_KEY = "xlmtrain_batches"
 PREFETCH_BATCHES = 4  # built ahead on accelerators; far below the batch states kept for checkpoints (64)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
 class PretrainModule(pl.LightningModule):
     """A `XLMWithLMHead` trained on CLM/MLM/TLM streams; see the module docstring for the semantics."""
 
     def __init__(
         self,
-        model_config: Mapping[str, Any],
-        streams: Sequence[Mapping[str, Any]],
+        config: XLMConfig,
+        streams: Sequence[StreamSpec],
         *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
@@ -62,8 +58,8 @@ class PretrainModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            model_config: `XLMConfig.to_dict()` (saved as a hyperparameter so checkpoints rebuild the model).
-            streams: the `StreamSpec` fields of each training stream (saved as hyperparameters).
+            config: the model's configuration (saved as the hyperparameter `model_config`, `XLMConfig.to_dict()`).
+            streams: the training streams (saved as the hyperparameter `streams`, their fields).
             optimizer: `optimizer(params)` -> torch optimizer (a Hydra `_partial_` factory).
             scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
             train_batches: the training batch source (None when only loading weights or validating).
@@ -71,10 +67,10 @@ class PretrainModule(pl.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(
-            {"model_config": dict(model_config), "streams": [dict(s) for s in streams]}
+            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams]}
         )
-        self.config = XLMConfig.from_dict(dict(model_config), source="model_config")
-        self.specs = [StreamSpec(**s) for s in streams]
+        self.config = config
+        self.specs = list(streams)
         self.model = XLMWithLMHead(self.config)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -84,23 +80,16 @@ class PretrainModule(pl.LightningModule):
         self._pending_rng_states: dict[str, torch.Tensor] | None = None
         self._step_loss: tuple[TrainItem, torch.Tensor] | None = None
         self._last_trained_index = -1
-        names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
-        self.valid_names = names
+        self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
-        groups = names + [g for g in ("mlm", "clm", "tlm") if any(self._group_of(n) == g for n in names)]
+        present = {spec.average_group for spec in self.valid_specs}
+        groups = [spec.name for spec in self.valid_specs] + [g for g in ("mlm", "clm", "tlm") if g in present]
         self.valid_ce = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
         self.valid_acc = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
 
-    @staticmethod
-    def _group_of(name: str) -> str | None:
-        langs, objective = name.rsplit("_", 1)
-        if objective == "tlm":
-            return "tlm"
-        return None if "-" in langs else objective
-
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
-        langs = batch.langs if self.config.n_langs > 1 else None
-        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal,
+        # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
+        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal,
                 "padded": batch.padded}
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
@@ -112,8 +101,10 @@ class PretrainModule(pl.LightningModule):
         selected = batch.pred_mask if batch.selected is None else batch.selected  # the host-built layout: no sync
         return self.model.masked_lm_loss(batch.input_ids, selected, batch.targets, **self._encoder_inputs(batch))
 
-    def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
-        """`lambda * CE sum * world / n_targets`: the rank's share of the global batch's mean loss.
+    def training_step(self, item: TrainItem, batch_idx: int) -> dict[str, torch.Tensor]:
+        """`{"loss": lambda * mean CE of the drawn stream over the global batch (rank-scaled, see below),
+        "ce": the global mean CE, detached}`; `ce` is what `training.numerics.NumericsGuard` judges (NaN,
+        spikes), read without a host sync here.
 
         Under DDP each rank holds a slice of the global batch (`rank_rows`); `item.n_targets` counts the
         targets of ALL ranks (known on the host: every rank draws the global batch), so the loss needs no
@@ -122,25 +113,26 @@ class PretrainModule(pl.LightningModule):
         backward (`on_after_backward`).
         """
         ce_sum = self.target_losses(item.batch).sum()
-        self._step_loss = (item, ce_sum.detach())
+        # This rank's share of the global mean, made global in place by `on_after_backward` (the tensor returned
+        # here as "ce", which `NumericsGuard` reads after the step).
+        ce_mean = ce_sum.detach() / item.n_targets
+        self._step_loss = (item, ce_mean)
         self._last_trained_index = item.index
-        return item.lam * ce_sum * (self.trainer.world_size / item.n_targets)
+        return {"loss": item.lam * ce_sum * (self.trainer.world_size / item.n_targets), "ce": ce_mean}
 
     def on_after_backward(self) -> None:
-        """Log the global mean CE of the step's batch and raise `NonFiniteLossError` if it is NaN or infinite.
+        """Make the step's mean CE global and log it.
 
-        Under DDP the ranks' CE sums are all-reduced here, after DDP's gradient buckets (on NCCL the reduce is
-        enqueued on the device without a host wait), and before the optimizer step, so a non-finite loss stops
-        every rank together before it reaches the weights.
+        Under DDP the ranks' shares are all-reduced here, in place, after DDP's gradient buckets (on NCCL the
+        reduce is enqueued on the device without a host wait), so the "ce" of the step's output is the global
+        mean by the time `NumericsGuard` reads it, identical on every rank.
         """
         if self._step_loss is None:
             return
-        (item, ce_sum), self._step_loss = self._step_loss, None
+        (item, ce_mean), self._step_loss = self._step_loss, None
         if self.trainer.world_size > 1:
-            torch.distributed.all_reduce(ce_sum)  # the default group: Lightning's DDP process group
-        ce_mean = ce_sum / item.n_targets
+            torch.distributed.all_reduce(ce_mean)  # the default group: Lightning's DDP process group
         spec = self.specs[item.stream]
-        self._check_finite(ce_mean, item.index, spec.name)
         bs = item.batch.input_ids.shape[0]
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
@@ -153,31 +145,15 @@ class PretrainModule(pl.LightningModule):
         """Lightning's clipping, also for the fused optimizer under bf16-mixed (see `training.precision`)."""
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def _check_finite(self, ce_mean: torch.Tensor, batch_index: int, stream: str) -> None:
-        """Raise `NonFiniteLossError` naming step, batch and stream if the (global) loss is NaN or infinite.
-
-        Reading the value is a host-device sync: free on CPU, so checked every step there; on accelerators
-        only every `trainer.log_every_n_steps` steps (the first step too). A non-finite loss poisons the
-        weights, so later losses stay non-finite and the check still stops the run within that many steps.
-        The value is global (all-reduced), so under DDP every rank raises together instead of hanging.
-        Raised from `on_after_backward`, before the optimizer step: the weights stay finite.
-        """
-        if ce_mean.device.type != "cpu" and self.global_step % max(self.trainer.log_every_n_steps, 1):
-            return
-        if not torch.isfinite(ce_mean):
-            raise NonFiniteLossError(
-                f"non-finite loss {ce_mean.item()} at step {self.global_step} (batch {batch_index}) on stream {stream}"
-            )
-
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
-        name = self.valid_names[item.stream]
+        spec = self.valid_specs[item.stream]
         logits = self(item.batch).float()
         targets = item.batch.targets
         n = targets.numel()
         ce = F.cross_entropy(logits, targets)
         acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
-        for key in (name, self._group_of(name)):
+        for key in (spec.name, spec.average_group):
             if key is not None:
                 self.valid_ce[_key(key)].update(ce, weight=n)
                 self.valid_acc[_key(key)].update(acc, weight=n)
@@ -259,6 +235,10 @@ class PretrainModule(pl.LightningModule):
             # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged. (manual_seed
             # seeds the CUDA generators too.)
             torch.manual_seed(torch.initial_seed() + rank)
+
+
+def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
+    return {"objective": spec.objective, "langs": spec.langs, "lambda_": spec.lambda_, "weight": spec.weight}
 
 
 def _key(name: str) -> str:
