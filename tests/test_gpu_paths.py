@@ -14,6 +14,7 @@ from tests.test_pretrain import _cfg, _losses
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.transformer import XLMTransformer
 from xlmtrain.objectives.pretrain import PretrainModule
+from xlmtrain.objectives.streams import StreamSpec
 from xlmtrain.training import rng
 
 
@@ -75,7 +76,7 @@ class _MetaRootStrategy:
 
 def test_checkpoint_rng_gather_runs_on_the_strategy_root_device(monkeypatch: pytest.MonkeyPatch) -> None:
     config = XLMConfig(vocab_size=40, emb_dim=16, n_layers=1, n_heads=2)
-    module = PretrainModule(config.to_dict(), [{"objective": "mlm", "langs": "en"}], optimizer=torch.optim.AdamW)
+    module = PretrainModule(config, [StreamSpec("mlm", "en")], optimizer=torch.optim.AdamW)
     strategy = _MetaRootStrategy()
     trainer = SimpleNamespace(strategy=strategy, world_size=2)
     monkeypatch.setattr(PretrainModule, "trainer", property(lambda self: trainer))
@@ -280,7 +281,7 @@ def test_training_batches_come_from_the_background_worker_on_accelerators_only(
     from xlmtrain.training.prefetch import BackgroundBatches
 
     config = XLMConfig(vocab_size=40, emb_dim=16, n_layers=1, n_heads=2)
-    module = PretrainModule(config.to_dict(), [{"objective": "mlm", "langs": "io"}], optimizer=torch.optim.AdamW,
+    module = PretrainModule(config, [StreamSpec("mlm", "io")], optimizer=torch.optim.AdamW,
                             train_batches=_pretrain_batches(synthetic_prep))  # fmt: skip
     for device, background, pinned in (("cpu", False, None), ("cuda", True, True), ("mps", True, False)):
         trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), world_size=1,
