@@ -1,14 +1,15 @@
 """Preprocessing throughput and memory up to gigabytes of text (not a test).
 
-    python benchmarks/preprocess.py --mb 1000 --workdir /tmp/xlmtrain-bench   # the issue #15 run (~25 min, quiet 2 cores)
-    python benchmarks/preprocess.py --mb 20                                    # a quick functional check
+    python benchmarks/preprocess.py --mb 1000 --workdir /tmp/bench   # the issue #15 run (~25 min, quiet 2 cores)
+    python benchmarks/preprocess.py --mb 20                          # a quick functional check
 
 Generates a multilingual corpus whose vocabulary grows like real text's (Heaps' law): every language draws word
 ranks from a Zipf law over 3 million ranks (exponent 1.3: the top 100k words cover ~97% of the tokens and the
 distinct words grow like tokens^0.77), and rank r is spelt with syllables of the language's script (Latin with
-accents for en/fr/de, Cyrillic for ru, Greek for el), so frequent words are short and new words keep appearing as the corpus grows; sentences get capitals, numbers and punctuation. Five monolingual
-files plus the en-fr pair. For `--mb` above 100, a 100 MB corpus is measured too (the reference for the memory
-target and the size the hand baseline runs at).
+accents for en/fr/de, Cyrillic for ru, Greek for el), so frequent words are short and new words keep appearing
+as the corpus grows; sentences get capitals, numbers and punctuation. Five monolingual files plus the en-fr pair.
+For `--mb` above 100, a 100 MB corpus is measured too (the reference for the memory target and the size the hand
+baseline runs at).
 
 Each phase runs in a fresh subprocess; for each corpus size it prints:
 - `xlmtrain w=1`, `xlmtrain w=2`: the whole preprocessor, cold (BPE codes + vocabulary learned on the default
