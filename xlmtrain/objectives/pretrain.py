@@ -18,7 +18,7 @@ TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -43,8 +43,8 @@ class PretrainModule(pl.LightningModule):
 
     def __init__(
         self,
-        model_config: Mapping[str, Any],
-        streams: Sequence[Mapping[str, Any]],
+        config: XLMConfig,
+        streams: Sequence[StreamSpec],
         *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
@@ -53,8 +53,8 @@ class PretrainModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            model_config: `XLMConfig.to_dict()` (saved as a hyperparameter so checkpoints rebuild the model).
-            streams: the `StreamSpec` fields of each training stream (saved as hyperparameters).
+            config: the model's configuration (saved as the hyperparameter `model_config`, `XLMConfig.to_dict()`).
+            streams: the training streams (saved as the hyperparameter `streams`, their fields).
             optimizer: `optimizer(params)` -> torch optimizer (a Hydra `_partial_` factory).
             scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
             train_batches: the training batch source (None when only loading weights or validating).
@@ -62,10 +62,10 @@ class PretrainModule(pl.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(
-            {"model_config": dict(model_config), "streams": [dict(s) for s in streams]}
+            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams]}
         )
-        self.config = XLMConfig.from_dict(dict(model_config), source="model_config")
-        self.specs = [StreamSpec(**s) for s in streams]
+        self.config = config
+        self.specs = list(streams)
         self.model = XLMWithLMHead(self.config)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -74,23 +74,16 @@ class PretrainModule(pl.LightningModule):
         self._pending_batch_state: dict[str, Any] | None = None
         self._pending_rng_states: torch.Tensor | None = None
         self._last_trained_index = -1
-        names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
-        self.valid_names = names
+        self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
-        groups = names + [g for g in ("mlm", "clm", "tlm") if any(self._group_of(n) == g for n in names)]
+        present = {spec.average_group for spec in self.valid_specs}
+        groups = [spec.name for spec in self.valid_specs] + [g for g in ("mlm", "clm", "tlm") if g in present]
         self.valid_ce = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
         self.valid_acc = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
 
-    @staticmethod
-    def _group_of(name: str) -> str | None:
-        langs, objective = name.rsplit("_", 1)
-        if objective == "tlm":
-            return "tlm"
-        return None if "-" in langs else objective
-
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
-        langs = batch.langs if self.config.n_langs > 1 else None
-        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
+        # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
+        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
@@ -129,13 +122,13 @@ class PretrainModule(pl.LightningModule):
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
-        name = self.valid_names[item.stream]
+        spec = self.valid_specs[item.stream]
         logits = self(item.batch).float()
         targets = item.batch.targets
         n = targets.numel()
         ce = F.cross_entropy(logits, targets)
         acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
-        for key in (name, self._group_of(name)):
+        for key in (spec.name, spec.average_group):
             if key is not None:
                 self.valid_ce[_key(key)].update(ce, weight=n)
                 self.valid_acc[_key(key)].update(acc, weight=n)
@@ -205,6 +198,10 @@ class PretrainModule(pl.LightningModule):
             # Every rank was seeded alike (identical init); give each its own dropout stream, or all ranks
             # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+
+def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
+    return {"objective": spec.objective, "langs": spec.langs, "lambda_": spec.lambda_, "weight": spec.weight}
 
 
 def _key(name: str) -> str:
