@@ -3,7 +3,8 @@
 Mapping XLM onto Lightning (reference §A4.1): in XLM every stream step is its own forward, backward
 and optimizer update. Here each Lightning training batch comes from one stream, drawn by
 `StreamMixture` with a seeded generator, and each Lightning step is one optimizer update (with
-`trainer.accumulate_grad_batches=k`, k draws are summed into one update, as XLM's accumulation).
+`trainer.accumulate_grad_batches=k`, k draws make one update: Lightning averages their losses, where XLM's
+accumulation sums them, which Adam sees only through eps and clipping; tests/test_training_semantics.py).
 The loss is `lambda(step) * mean CE` over the predicted positions only (the model's `pred_mask` path).
 Batches, masking and stream choice are built by `PretrainBatches`; their random state is saved in the
 checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
