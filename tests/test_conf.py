@@ -12,17 +12,17 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, REPO
 from xlmtrain.cli.config_dir import conf_dir
-from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.objectives.streams import StreamSpec, expand_langs
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("xlmtrain", overrides=overrides)
+
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 # recipe and launcher are appended (`+recipe=`, `+launcher=`), not overridden; launcher: test_slurm_templates.py.
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF_DIR.iterdir()
           if g.is_dir() and g.name not in ("recipe", "launcher")}  # fmt: skip
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("xlmtrain", overrides=overrides)
 
 
 def test_conf_dir_is_found() -> None:
@@ -34,7 +34,7 @@ def test_shipped_recipes() -> None:
 
 
 # Fine-tuning recipes (`job:` set) have no pretraining objective; tests/test_tasks.py checks them.
-PRETRAIN_RECIPES = [r for r in RECIPES if "\njob:" not in (CONF_DIR / "recipe" / f"{r}.yaml").read_text()]
+PRETRAIN_RECIPES = [r for r in RECIPES if not _compose([f"+recipe={r}"]).get("job")]
 
 
 @pytest.mark.parametrize("recipe", PRETRAIN_RECIPES)
@@ -43,7 +43,9 @@ def test_every_recipe_composes_and_builds(recipe: str) -> None:
     OmegaConf.resolve(cfg)
     assert cfg.objective.name == recipe and cfg.run_dir == f"runs/{recipe}"
     for stream in cfg.objective.streams:
-        StreamSpec(**{**stream, "langs": "en-fr" if "-" in stream.langs else "en"})
+        langs = OmegaConf.to_container(stream.langs) if OmegaConf.is_list(stream.langs) else stream.langs
+        for lang in expand_langs(langs, ["en", "fr"], ["en-fr"]):
+            StreamSpec(**{**stream, "langs": lang})
     optimizer = hydra.utils.instantiate(cfg.optim.optimizer)
     assert optimizer.func.__name__ == "AdamW"
     for cb in cfg.callbacks.values():

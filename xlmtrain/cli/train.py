@@ -31,7 +31,7 @@ from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
 from xlmtrain.objectives.pretrain import PretrainModule
-from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.objectives.streams import StreamSpec, expand_langs
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def _mkdir(path: Path) -> Path:
 
 
 def expand_streams(streams: Sequence[Any], data: PreprocessedData) -> list[StreamSpec]:
-    """`objective.streams` entries -> `StreamSpec`s; `langs: '*'` is every monolingual language of the data,
-    `'*-*'` every parallel pair. Raises ValueError naming the entry on an unknown key or missing data."""
+    """`objective.streams` entries -> `StreamSpec`s; `langs` as `expand_langs` (`'*'`, `'*-*'`, `'*<->*'`, a
+    list). Raises ValueError naming the entry on an unknown key or missing data."""
     mono = [name for name in data.manifest["monolingual"]]
     specs = []
     for i, entry in enumerate(streams):
@@ -82,8 +82,8 @@ def expand_streams(streams: Sequence[Any], data: PreprocessedData) -> list[Strea
         unknown = set(fields) - {"objective", "langs", "lambda_", "weight"}
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected objective, langs, lambda_, weight")
-        langs = str(fields.get("langs", ""))
-        choices = {"*": mono, "*-*": data.pairs}.get(langs, [langs])
+        langs = fields.get("langs", "")
+        choices = expand_langs(langs if isinstance(langs, str) else list(langs), mono, data.pairs)
         if not choices:
             kind = "monolingual" if langs == "*" else "parallel"
             raise ValueError(f"{where}: langs {langs!r} but {data.directory} has no {kind} data")
@@ -143,7 +143,13 @@ def build(cfg: DictConfig) -> tuple[PretrainModule, pl.Trainer, PreprocessedData
     dico = data.dictionary
     common = dict(n_words=len(dico), batching=batching, masking=masking, mask_index=dico.mask_index, pad_index=dico.pad_index)
     train = PretrainBatches(
-        specs, data, counts=dico.counts, lg_sampling_factor=cfg.objective.lg_sampling_factor, seed=cfg.seed, **common
+        specs,
+        data,
+        counts=dico.counts,
+        lg_sampling_factor=cfg.objective.lg_sampling_factor,
+        mixture=cfg.objective.mixture,
+        seed=cfg.seed,
+        **common,
     )
     valid = ValidBatches(specs, data, **common)
     module = PretrainModule(

@@ -192,6 +192,7 @@ class PretrainBatches:
         batching: BatchSettings,
         masking: MaskingSettings,
         lg_sampling_factor: float = -1.0,
+        mixture: str = "xlm",
         seed: int = 0,
         mask_index: int = 5,
         pad_index: int = 2,
@@ -204,6 +205,7 @@ class PretrainBatches:
             counts: per-id corpus counts of the dictionary (for `sample_alpha`).
             batching, masking: see `BatchSettings`, `MaskingSettings`.
             lg_sampling_factor: alpha of language sampling inside a stream group (< 0: follow weights only).
+            mixture: how stream groups share the steps, `xlm` or `weights` (`StreamMixture`).
             seed: seed of stream choice, masking and data order.
         """
         self.specs = list(specs)
@@ -216,7 +218,7 @@ class PretrainBatches:
             spec.name: len(_pair_corpora(data, "train", spec)[0] if spec.is_pair else data.mono("train", spec.langs))
             for spec in self.specs
         }
-        self.mixture = StreamMixture(self.specs, sizes, lg_sampling_factor)
+        self.mixture = StreamMixture(self.specs, sizes, lg_sampling_factor, mixture)
         self.rank, self.world_size, self.accumulate = 0, 1, 1
         self._iterators: list[Any] = []
         self._next_index = 0
