@@ -309,6 +309,9 @@ def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     assert "| vo |" in (run / "results.md").read_text() and "| io* |" in (run / "results.md").read_text()
     assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "contradiction", "1": "neutral", "2": "entailment"}  # XLM's label ids
+    assert config["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
 
 
 @pytest.mark.slow
@@ -332,3 +335,5 @@ def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) 
     assert [(r["lang"], r["split"]) for r in rows] == [("io", "valid"), ("vo", "valid"), ("avg", "valid"), ("vo", "test"), ("avg", "test")]
     assert list(rows[0]) == ["lang", "split", "f1", "n"] and all(0 <= float(r["f1"]) <= 100 for r in rows)
     assert (run / "tagging_f1.png").is_file()
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "B-W", "1": "O"} and config["label2id"] == {"B-W": 0, "O": 1}

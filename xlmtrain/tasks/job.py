@@ -26,7 +26,7 @@ from xlmtrain.data.tokenizer import XLMTokenizer
 from xlmtrain.tasks.encoding import EncodedSet, collate, encode_pairs, encode_tagged
 from xlmtrain.tasks.finetune import FinetuneModule
 from xlmtrain.tasks.loading import load_pretrained
-from xlmtrain.tasks.readers import Split, find_nli_data, find_tagging_data
+from xlmtrain.tasks.readers import NLI_LABELS, Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 
@@ -171,9 +171,10 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     if settings.kind == "token_classification":
         data, train_langs = task_data(cfg, settings, [])
         tags = sorted({t for by_lang in data.values() for sents in by_lang.values() for s in sents for t in s.tags})
-        overrides: dict[str, Any] = {"num_labels": len(tags)}
+        overrides: dict[str, Any] = {"num_labels": len(tags), "id2label": dict(enumerate(tags))}
     else:
-        overrides = {"num_labels": 3, "summary_first_dropout": settings.head_dropout}
+        labels = dict(enumerate(NLI_LABELS))  # XLM's order: contradiction 0, neutral 1, entailment 2
+        overrides = {"num_labels": 3, "id2label": labels, "summary_first_dropout": settings.head_dropout}
     model, tokenizer = load_pretrained(init, head, codes=cfg.model.codes, lowercase=cfg.model.lowercase, **overrides)
     lang2id = model.config.lang2id or tokenizer.lang2id
     if settings.kind == "pair_classification":
