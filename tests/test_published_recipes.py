@@ -55,15 +55,18 @@ XLM_COMMANDS = {
 
 XLM_DEFAULTS = {
     # train.py argparse defaults the pretraining commands inherit.
-    "train.py": {"tokens_per_batch": "-1", "max_len": "100", "clip_grad_norm": "5", "lambda_mlm": "1",
-                 "lg_sampling_factor": "-1", "word_pred": "0.15", "sample_alpha": "0",
-                 "word_mask_keep_rand": "0.8,0.1,0.1", "group_by_size": "true"},  # fmt: skip
+    "train.py": {
+        "tokens_per_batch": "-1", "max_len": "100", "clip_grad_norm": "5", "lambda_mlm": "1",
+        "lg_sampling_factor": "-1", "word_pred": "0.15", "sample_alpha": "0", "word_mask_keep_rand": "0.8,0.1,0.1",
+        "group_by_size": "true",
+    },
     # glue-xnli.py defaults: classifier dropout 0; its XNLI loop never clips gradients.
     "glue-xnli.py": {"dropout": "0"},
     # xlm/optim.py: Adam(betas=(0.9, 0.999), eps=1e-8, weight_decay=0); adam_inverse_sqrt adds
     # warmup_updates=4000, warmup_init_lr=1e-7.
-    "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "warmup_updates": 4000,
-                  "warmup_init_lr": 1e-7},  # fmt: skip
+    "optimizer": {
+        "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "warmup_updates": 4000, "warmup_init_lr": 1e-7,
+    },
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xlmtrain.cli.report import main as report_main
+from xlmtrain.report import main as report_main
 from xlmtrain.tasks.sweep import read_sweep, summarise, write_report
 
 # (lr, seed) -> split -> lang -> accuracy. Means over seeds: lr 1e-5: valid en 81 fr 69 sw 62, test en 82 fr 70

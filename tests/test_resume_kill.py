@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.xlmtrain_cli import (checkpoint_steps, exported_weights, resumed_from, run, start, tiny_overrides, train_rows,
+from tests.cli_runs import (checkpoint_steps, exported_weights, resumed_from, run, start, tiny_overrides, train_rows,
                                 valid_rows)
 from xlmtrain.training.resume import validated_step
 

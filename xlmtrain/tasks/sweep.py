@@ -239,8 +239,10 @@ def markdown(report: SweepReport) -> str:
     names = list(PUBLISHED_XNLI)
     langs = [r.lang for r in report.rows if r.lang != "avg"]
     lines = [
-        f"XNLI test accuracy (%), mean ± std over seeds; model selection `{report.rule}` "
-        f"(training language {report.train_lang}).",
+        (
+            f"XNLI test accuracy (%), mean ± std over seeds; model selection `{report.rule}` "
+            f"(training language {report.train_lang})."
+        ),
         "",
         f"| lang | this sweep | seeds | {' | '.join(names)} | configuration |",
         "|---|---:|---:|" + "---:|" * len(names) + "---|",
@@ -254,8 +256,10 @@ def markdown(report: SweepReport) -> str:
         lines.append(f"| {row.lang} | {_cell(row.mean, row.std)} | {len(row.seeds)} | {' | '.join(cells)} | {row.config} |")
     lines += [
         "",
-        "Published: Lample & Conneau 2019, Table 1 (zero-shot, selected per language on its dev set). The average "
-        "of the published rows is over the languages above.",
+        (
+            "Published: Lample & Conneau 2019, Table 1 (zero-shot, selected per language on its dev set). The "
+            "average of the published rows is over the languages above."
+        ),
         "",
         f"| configuration | seeds | {report.train_lang} dev (mean) | test avg (mean) |",
         "|---|---:|---:|---:|",
