@@ -21,7 +21,8 @@ FIT_LOCAL = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=00
 
 
 def test_templates_are_shipped() -> None:
-    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch"}
+    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch",
+                                           "preprocess_array.sbatch"}
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)
