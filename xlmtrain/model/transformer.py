@@ -212,13 +212,19 @@ class XLMTransformer(nn.Module):
                 loss) plus the looked-up rows: see `tied_embedding`.
 
         Raises:
-            ValueError: on shapes that do not match `input_ids` or sequences longer than the position table.
+            ValueError: on shapes that do not match `input_ids`, sequences longer than the position table without
+                `position_ids`, or (on CPU) position ids outside it.
         """
         bs, slen = input_ids.shape
         causal = self.config.causal if causal is None else causal
-        if slen > self.config.max_position_embeddings:
-            limit = self.config.max_position_embeddings
+        limit = self.config.max_position_embeddings
+        # With explicit position_ids (TLM pairs restart at the second sentence, as XLM) the sequence may be longer
+        # than the table: each side up to `limit` positions. Their values are checked on CPU (free there; on an
+        # accelerator it would be a host sync, and the embedding lookup fails on its own).
+        if position_ids is None and slen > limit:
             raise ValueError(f"sequence length {slen} exceeds max_position_embeddings={limit}")
+        if position_ids is not None and position_ids.device.type == "cpu" and int(position_ids.max()) >= limit:
+            raise ValueError(f"position id {int(position_ids.max())} exceeds max_position_embeddings={limit}")
         named = (("attention_mask", attention_mask), ("langs", langs), ("position_ids", position_ids))
         for name, tensor in (*named, ("output_positions", output_positions)):
             if tensor is not None and tensor.shape != (bs, slen):

@@ -63,6 +63,7 @@ def concat_pair(
 ) -> PairLayout:
     """Concatenate aligned sentence batches `x1 (bs, s1)` and `x2 (bs, s2)` as XLM's `concat_batches`
     with `reset_positions=True`. Sentence a comes first, as the stream name orders them (`en-fr`: en).
+    Positions restart at 0 for b, so each side may use the whole position table; padding positions are 0.
     """
     if x1.shape[0] != x2.shape[0]:
         raise ValueError(f"pair sides have different batch sizes: {x1.shape[0]} vs {x2.shape[0]}")
@@ -76,7 +77,9 @@ def concat_pair(
     a_ids = torch.gather(x1, 1, cols.clamp(max=x1.shape[1] - 1))  # (bs, slen)
     b_ids = torch.gather(x2, 1, (cols - len1[:, None]).clamp(0, x2.shape[1] - 1))  # (bs, slen)
     ids = torch.where(in_a, a_ids, torch.where(in_b_real, b_ids, torch.full_like(a_ids, pad_index)))
-    positions = torch.where(in_b, cols - len1[:, None], cols)
+    # Padding gets position 0 (XLM continues counting over it): pads are masked, and a long pair (each side up to
+    # the position table, as XLM accepts) must not index past the table there.
+    positions = torch.where(in_b_real, cols - len1[:, None], torch.where(in_a, cols, 0))
     langs = torch.where(in_b, torch.full_like(cols, lang2_id), torch.full_like(cols, lang1_id))
     return PairLayout(ids=ids, lengths=lengths, positions=positions, langs=langs)
 

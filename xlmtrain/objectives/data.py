@@ -59,8 +59,14 @@ class BatchSettings:
         tokens_per_batch: token budget of a pair batch instead of `batch_size` (None: use batch_size).
         max_len: pairs with a side longer than this (BPE tokens) are left out of training.
         group_by_size: sort pairs by length before cutting batches (less padding).
-        valid_batch_size: rows per validation batch.
-        valid_max_batches: validation batches per stream (None: the whole valid split).
+        valid_batch_size: rows per validation batch. Monolingual validation streams are laid out in ONE column,
+            as XLM evaluates them (batch size 1: at most bptt - 1 leading `</s>` of padding), and
+            `valid_batch_size` consecutive bptt-chunks of that column make one batch.
+        valid_max_batches: validation batches per stream (None: no cap beyond `valid_limits`).
+        valid_limits: `xlm`: XLM's evaluation limits (`Evaluator.get_iterator`), by the number of languages of
+            the data: up to 5, whole splits; more, every 5th stream chunk (test: 10th) and the first 1500 pairs
+            (test: 300); over 30, as that but non-XNLI-15 languages and test at every 10th chunk, 600 pairs.
+            `none`: whole splits.
     """
 
     batch_size: int = 32
@@ -70,11 +76,14 @@ class BatchSettings:
     group_by_size: bool = True
     valid_batch_size: int = 16
     valid_max_batches: int | None = None
+    valid_limits: str = "xlm"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "bptt", "max_len", "valid_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.batching.{name} must be > 0, got {getattr(self, name)}")
+        if self.valid_limits not in ("xlm", "none"):
+            raise ValueError(f"data.batching.valid_limits must be xlm or none, got {self.valid_limits!r}")
 
 
 @dataclass(frozen=True)
@@ -309,6 +318,20 @@ class PretrainBatches:
         self._states.clear()
 
 
+_XNLI15 = frozenset("ar bg de el en es fr hi ru sw th tr ur vi zh".split())
+
+
+def xlm_eval_limits(n_langs: int, split: str, lang: str) -> tuple[int, int | None]:
+    """XLM's evaluation limits (`Evaluator.get_iterator`): `(stream subsample, pairs kept or None)` for a run over
+    `n_langs` languages, on `split` (valid/test), for stream language `lang` (the first of a pair)."""
+    if n_langs > 30:
+        rare = split == "test" or lang not in _XNLI15
+        return (10, 600) if rare else (5, 1500)
+    if n_langs > 5:
+        return (10, 300) if split == "test" else (5, 1500)
+    return 1, None
+
+
 class ValidBatches:
     """Finite iterable of `ValidItem`s: every stream's valid split in order, masked deterministically."""
 
@@ -334,23 +357,42 @@ class ValidBatches:
         """Shard the validation batches over ranks."""
         self.rank, self.world_size = rank, world_size
 
-    def _iterator(self, spec: StreamSpec) -> Any:
+    def _limits(self, spec: StreamSpec) -> tuple[int, int | None]:
+        if self.batching.valid_limits == "none":
+            return 1, None
+        return xlm_eval_limits(len(self.data.lang2id), self.split, spec.lang_list[0])
+
+    def _global_batches(self, spec: StreamSpec) -> Iterator[Any]:
+        """Every rank's view of the global validation batches of `spec`, in order (tokens read lazily)."""
         b = self.batching
-        common = dict(rank=self.rank, world_size=self.world_size, shuffle=False)
+        subsample, max_pairs = self._limits(spec)
         if spec.is_pair:
             c1, c2 = _pair_corpora(self.data, self.split, spec)
-            return ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False, **common)
-        return StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, b.valid_batch_size, **common)
+            pairs = ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False,
+                                    shuffle=False, max_sentences=max_pairs)  # fmt: skip
+            return (lambda i=i: pairs.batch_at(i) for i in range(len(pairs)))
+        # One column (XLM's batch size 1), every `subsample`-th bptt chunk; `valid_batch_size` chunks per batch.
+        column = StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, 1, shuffle=False)
+        chunks = list(range(0, len(column), subsample))
+        groups = [chunks[i : i + b.valid_batch_size] for i in range(0, len(chunks), b.valid_batch_size)]
+
+        def stacked(group: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            parts = [column.batch_at(c) for c in group]
+            return torch.cat([x for x, _ in parts]), torch.cat([n for _, n in parts])  # (len(group), bptt)
+
+        return (lambda g=g: stacked(g) for g in groups)
 
     def __iter__(self) -> Iterator[ValidItem]:
         limit = self.batching.valid_max_batches
         for stream, spec in enumerate(self.specs):
-            for local, raw in enumerate(self._iterator(spec)):
-                # This rank's batches are the global batches rank, rank + W, ... (see `data.streams`); keying
-                # the masking and the limit by the global number keeps validation independent of W.
-                j = local * self.world_size + self.rank
+            for j, load in enumerate(self._global_batches(spec)):
+                # Global batch j belongs to rank j % W; keying the masking and the limit by j keeps validation
+                # independent of W.
                 if limit is not None and j >= limit:
                     break
+                if j % self.world_size != self.rank:
+                    continue
+                raw = load()
                 ids, lengths, positions, langs = self.builder.layout(spec, raw)
                 if spec.objective == "clm":
                     batch = self.builder.clm(ids, lengths, positions, langs)

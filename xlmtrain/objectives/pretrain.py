@@ -13,10 +13,12 @@ checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so p
 shift a resumed run.
 
 Validation runs every stream on its valid split with XLM's deterministic masking and logs
-`valid_<langs>_<objective>_{ppl,acc}` (e.g. `valid_en_mlm_ppl`, `valid_en-fr_tlm_acc`) plus
-token-weighted averages over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (as XLM,
-TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accuracy is a percentage
-(as XLM); perplexity is `exp` of the token-weighted mean CE.
+`valid_<langs>_<objective>_{ppl,acc}` (e.g. `valid_en_mlm_ppl`, `valid_en-fr_tlm_acc`): perplexity is `exp` of
+the stream's token-weighted mean CE, accuracy a percentage (as XLM). Averages as XLM's `run_all_evals`: the
+MEAN of the per-stream values over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (TLM is
+not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`; so en at ppl 10 on 100k tokens and sw at
+ppl 40 on 10k give `valid_mlm_ppl` 25. The token-weighted group values (exp of the pooled CE: 11.4 there) are
+logged as `valid_{mlm,clm,tlm}_{ppl,acc}_tokens`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STATE_KEY = "xlmtrain_batches"
 RNG_KEY = "xlmtrain_rng"
+GROUPS = ("mlm", "clm", "tlm")
+"""Average groups: monolingual MLM streams, monolingual CLM streams, pair (TLM) streams."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -84,7 +88,7 @@ class PretrainModule(pl.LightningModule):
         names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
         self.valid_names = names
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
-        groups = names + [g for g in ("mlm", "clm", "tlm") if any(self._group_of(n) == g for n in names)]
+        groups = names + [g for g in GROUPS if any(self._group_of(n) == g for n in names)]
         self.valid_ce = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
         self.valid_acc = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
 
@@ -164,15 +168,27 @@ class PretrainModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        per_stream: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for key, ce_metric in self.valid_ce.items():
             if not ce_metric.update_called:
                 continue
             name = _unkey(key)
-            ce = ce_metric.compute()
-            self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
-            self.log(f"valid_{name}_acc", self.valid_acc[key].compute(), sync_dist=True)
+            # compute() syncs across ranks: every rank logs the same global values.
+            ppl, acc = torch.exp(ce_metric.compute()), self.valid_acc[key].compute()
             ce_metric.reset()
             self.valid_acc[key].reset()
+            if name in GROUPS:  # token-weighted over the group's streams
+                self.log(f"valid_{name}_ppl_tokens", ppl, sync_dist=True)
+                self.log(f"valid_{name}_acc_tokens", acc, sync_dist=True)
+                continue
+            self.log(f"valid_{name}_ppl", ppl, sync_dist=True)
+            self.log(f"valid_{name}_acc", acc, sync_dist=True)
+            group = self._group_of(name)
+            if group is not None:
+                per_stream.setdefault(group, []).append((ppl, acc))
+        for group, values in per_stream.items():  # XLM's averages: the mean of the per-stream values
+            self.log(f"valid_{group}_ppl", torch.stack([p for p, _ in values]).mean(), sync_dist=True)
+            self.log(f"valid_{group}_acc", torch.stack([a for _, a in values]).mean(), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         """The optimizer over all parameters and, if configured, a per-step LR scheduler."""
