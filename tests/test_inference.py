@@ -220,7 +220,8 @@ def test_embed_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert embed_cli.main(args) == 0
     assert np.load(out).shape == (2, 32)
     assert "wrote 2 x 32 embeddings" in capsys.readouterr().out
-    assert embed_cli.main([*args[:-1], "--layer", "7"]) == 2
+    args.append("--overwrite")  # the output exists now (tests/test_cli_outputs.py: refused without it)
+    assert embed_cli.main([*args, "--layer", "7"]) == 2
     assert capsys.readouterr().err.strip() == "error: layer 7 out of range for a 2-layer model (0 = embeddings, -1 = last block)"
     src.write_bytes(b"ok\n\xff\xfe\n")
     assert embed_cli.main(args) == 2

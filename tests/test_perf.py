@@ -90,16 +90,6 @@ def test_train_step_flops_with_selected_last_block_by_hand() -> None:
     assert benchlib.train_step_flops(shape, 10, 5, 3, last_block_rows=3) == 3 * (16960 + 2560 + 4320 + 4800)
 
 
-def test_non_finite_loss_names_step_batch_and_stream() -> None:
-    from xlmtrain.objectives.pretrain import NonFiniteLossError, PretrainModule
-
-    config = XLMConfig(vocab_size=40, emb_dim=16, n_layers=1, n_heads=2)
-    module = PretrainModule(config.to_dict(), [{"objective": "mlm", "langs": "en"}], optimizer=torch.optim.AdamW)
-    module._check_finite(torch.tensor(2.5), 7, "en_mlm")  # finite: no error
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at step 0 \(batch 7\) on stream en_mlm"):
-        module._check_finite(torch.tensor(float("nan")), 7, "en_mlm")
-
-
 def test_model_compile_flag_and_fused_adam_in_build(synthetic_prep: Path, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 

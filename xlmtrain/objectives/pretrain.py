@@ -45,10 +45,6 @@ GROUPS = ("mlm", "clm", "tlm")
 """Average groups: monolingual MLM streams, monolingual CLM streams, pair (TLM) streams."""
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
 class PretrainModule(pl.LightningModule):
     """A `XLMWithLMHead` trained on CLM/MLM/TLM streams; see the module docstring for the semantics."""
 
@@ -111,9 +107,10 @@ class PretrainModule(pl.LightningModule):
         """Cross-entropy `(n_pred,)` of each target (fused projection + CE: no logits are kept)."""
         return self.model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **self._encoder_inputs(batch))
 
-    def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
-        """`lambda * mean CE` of the drawn stream over the global batch; raises `NonFiniteLossError` naming
-        step and stream.
+    def training_step(self, item: TrainItem, batch_idx: int) -> dict[str, torch.Tensor]:
+        """`{"loss": lambda * mean CE of the drawn stream over the global batch (rank-scaled, see below),
+        "ce": the global mean CE, detached}`; `ce` is what `training.numerics.NumericsGuard` judges (NaN,
+        spikes), read without a host sync here.
 
         Under DDP each rank holds a slice of the global batch (`rank_rows`). The mean is over the targets
         of ALL ranks (one all-reduce of `[n_targets, CE sum]`), and the rank's loss is scaled by the world
@@ -130,28 +127,12 @@ class PretrainModule(pl.LightningModule):
             )
             n_total, ce_total = sums[0], sums[1]  # kept on the device: no host sync
         ce_mean = ce_total / n_total
-        self._check_finite(ce_mean, item.index, spec.name)
         self._last_trained_index = item.index
         bs = item.batch.input_ids.shape[0]
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return item.lam * ce_sum * (world / n_total)
-
-    def _check_finite(self, ce_mean: torch.Tensor, batch_index: int, stream: str) -> None:
-        """Raise `NonFiniteLossError` naming step, batch and stream if the (global) loss is NaN or infinite.
-
-        Reading the value is a host-device sync: free on CPU, so checked every step there; on accelerators
-        only every `trainer.log_every_n_steps` steps (the first step too). A non-finite loss poisons the
-        weights, so later losses stay non-finite and the check still stops the run within that many steps.
-        The value is global (all-reduced), so under DDP every rank raises together instead of hanging.
-        """
-        if ce_mean.device.type != "cpu" and self.global_step % max(self.trainer.log_every_n_steps, 1):
-            return
-        if not torch.isfinite(ce_mean):
-            raise NonFiniteLossError(
-                f"non-finite loss {ce_mean.item()} at step {self.global_step} (batch {batch_index}) on stream {stream}"
-            )
+        return {"loss": item.lam * ce_sum * (world / n_total), "ce": ce_mean}
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
