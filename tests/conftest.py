@@ -39,7 +39,7 @@ def default_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _default_run(recipe: str, cache_dir: Path, run_dir: Path) -> Path:
     """`python -m xlmtrain +recipe=<recipe>` with its defaults (seed 0, no data.dir) into `run_dir`, with the
-    run record `run_dir/run.json` (its resolved data dir and data settings)."""
+    data record `run_dir/data.json` (its resolved data dir and data settings)."""
     from hydra import compose, initialize_config_dir
 
     from xlmtrain.__main__ import run as run_job

@@ -100,8 +100,8 @@ def test_model_compile_flag_and_fused_adam_in_build(synthetic_prep: Path, tmp_pa
     overrides = [f"data.dir={synthetic_prep}", f"run_dir={tmp_path}", "+recipe=mlm"]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         eager = compose("xlmtrain", overrides=overrides)
-        compiled = compose("xlmtrain", overrides=[*overrides, "model.compile=true"])
-    assert eager.model.compile is False and eager.optim.optimizer.fused is True
+        compiled = compose("xlmtrain", overrides=[*overrides, "compile=true"])
+    assert eager.compile is False and eager.optim.optimizer.fused is True
     module, _, _ = setup(pretrain_settings(eager))
     assert module.model._compiled_call_impl is None and "compile" not in module.hparams["model_config"]
     module, _, _ = setup(pretrain_settings(compiled))

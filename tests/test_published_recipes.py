@@ -175,4 +175,4 @@ def test_finetune_preset_equals_xlm_command() -> None:
     assert task.head_dropout == float(flags["dropout"])
     assert cfg.trainer.gradient_clip_val is None
     assert flags["transfer_tasks"].split(",")[0] == "XNLI" and list(task.train_langs) == ["en"]
-    assert task.kind == "pair_classification" and cfg.model.lowercase is True
+    assert task.kind == "pair_classification" and cfg.pretrained.lowercase is True

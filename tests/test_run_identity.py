@@ -43,7 +43,7 @@ def test_identity_holds_what_defines_a_run_and_nothing_else() -> None:
         assert key in identity, key
     for key in ("trainer.val_check_interval", "trainer.log_every_n_steps", "trainer.devices", "trainer.num_nodes",
                 "trainer.enable_progress_bar", "checkpoint.every_n_train_steps", "run_dir", "data.dir",
-                "model.compile", "objective.monitor", "data.batching.valid_max_batches"):  # fmt: skip
+                "compile", "objective.monitor", "data.batching.valid_max_batches"):  # fmt: skip
         assert key in settings and key not in identity, key
     assert not any(k.startswith(("logger", "callbacks")) for k in identity)
     assert identity["data.fingerprint"] == "d0"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from slurm_harness import REPO, LocalSlurm, local_slurm  # noqa: F401 (fixture)
 
-from tests.conftest import CONF_DIR
 from tests.cli_runs import CLI, checkpoint_steps, exported_weights, resumed_from, tiny_overrides, train_rows
+from tests.conftest import CONF_DIR
 from xlmtrain.training.resume import validated_step
 
 pytestmark = pytest.mark.slurm

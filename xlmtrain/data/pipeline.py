@@ -49,8 +49,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from xlmtrain.data.binarize import SAMPLE_BLOCK, SPLITS, BinarizeArgs, BinarizeStats, Job, TokenizeStats
-from xlmtrain.data.binarize import binarize_job, read_stats, sample_job, stats_dict, stats_from_dict
+from xlmtrain.data.binarize import (
+    SAMPLE_BLOCK,
+    SPLITS,
+    BinarizeArgs,
+    BinarizeStats,
+    Job,
+    TokenizeStats,
+    binarize_job,
+    read_stats,
+    sample_job,
+    stats_dict,
+    stats_from_dict,
+)
 from xlmtrain.data.bpe import BPE, learn_bpe, write_codes
 from xlmtrain.data.dictionary import Dictionary, VocabError
 from xlmtrain.data.indexed import VERSION as INDEXED_VERSION

@@ -17,13 +17,13 @@ Validation runs every stream on its valid split with XLM's deterministic masking
 the stream's token-weighted mean CE, accuracy a percentage (as XLM). Averages as XLM's `run_all_evals`: the
 MEAN of the per-stream values over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (TLM is
 not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`; so en at ppl 10 on 100k tokens and sw at
-ppl 40 on 10k give `valid_mlm_ppl` 25. The token-weighted group values (exp of the pooled CE: 11.4 there) are
+ppl 40 on 10k give `valid_mlm_ppl` 25. The token-weighted group values (exp of the pooled CE: 11.3 there) are
 logged as `valid_{mlm,clm,tlm}_{ppl,acc}_tokens`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -41,8 +41,6 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STATE_KEY = "xlmtrain_batches"
 RNG_KEY = "xlmtrain_rng"
-GROUPS = ("mlm", "clm", "tlm")
-"""Average groups: monolingual MLM streams, monolingual CLM streams, pair (TLM) streams."""
 
 
 class PretrainModule(pl.LightningModule):
@@ -50,8 +48,8 @@ class PretrainModule(pl.LightningModule):
 
     def __init__(
         self,
-        model_config: Mapping[str, Any],
-        streams: Sequence[Mapping[str, Any]],
+        config: XLMConfig,
+        streams: Sequence[StreamSpec],
         *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
@@ -60,8 +58,8 @@ class PretrainModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            model_config: `XLMConfig.to_dict()` (saved as a hyperparameter so checkpoints rebuild the model).
-            streams: the `StreamSpec` fields of each training stream (saved as hyperparameters).
+            config: the model's configuration (saved as the hyperparameter `model_config`, `XLMConfig.to_dict()`).
+            streams: the training streams (saved as the hyperparameter `streams`, their fields).
             optimizer: `optimizer(params)` -> torch optimizer (a Hydra `_partial_` factory).
             scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
             train_batches: the training batch source (None when only loading weights or validating).
@@ -69,10 +67,10 @@ class PretrainModule(pl.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(
-            {"model_config": dict(model_config), "streams": [dict(s) for s in streams]}
+            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams]}
         )
-        self.config = XLMConfig.from_dict(dict(model_config), source="model_config")
-        self.specs = [StreamSpec(**s) for s in streams]
+        self.config = config
+        self.specs = list(streams)
         self.model = XLMWithLMHead(self.config)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -81,23 +79,16 @@ class PretrainModule(pl.LightningModule):
         self._pending_batch_state: dict[str, Any] | None = None
         self._pending_rng_states: torch.Tensor | None = None
         self._last_trained_index = -1
-        names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
-        self.valid_names = names
+        self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
-        groups = names + [g for g in GROUPS if any(self._group_of(n) == g for n in names)]
+        present = {spec.average_group for spec in self.valid_specs}
+        groups = [spec.name for spec in self.valid_specs] + [g for g in ("mlm", "clm", "tlm") if g in present]
         self.valid_ce = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
         self.valid_acc = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
 
-    @staticmethod
-    def _group_of(name: str) -> str | None:
-        langs, objective = name.rsplit("_", 1)
-        if objective == "tlm":
-            return "tlm"
-        return None if "-" in langs else objective
-
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
-        langs = batch.langs if self.config.n_langs > 1 else None
-        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
+        # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
+        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
@@ -136,19 +127,21 @@ class PretrainModule(pl.LightningModule):
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
-        name = self.valid_names[item.stream]
+        spec = self.valid_specs[item.stream]
         logits = self(item.batch).float()
         targets = item.batch.targets
         n = targets.numel()
         ce = F.cross_entropy(logits, targets)
         acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
-        for key in (name, self._group_of(name)):
+        for key in (spec.name, spec.average_group):
             if key is not None:
                 self.valid_ce[_key(key)].update(ce, weight=n)
                 self.valid_acc[_key(key)].update(acc, weight=n)
 
     def on_validation_epoch_end(self) -> None:
-        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream, XLM's averages (the mean over a group's
+        streams) and the token-weighted `valid_<group>_{ppl,acc}_tokens` (synced across ranks)."""
+        groups = {spec.name: spec.average_group for spec in self.valid_specs}
         per_stream: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for key, ce_metric in self.valid_ce.items():
             if not ce_metric.update_called:
@@ -158,15 +151,14 @@ class PretrainModule(pl.LightningModule):
             ppl, acc = torch.exp(ce_metric.compute()), self.valid_acc[key].compute()
             ce_metric.reset()
             self.valid_acc[key].reset()
-            if name in GROUPS:  # token-weighted over the group's streams
+            if name not in groups:  # an average group: token-weighted over its streams
                 self.log(f"valid_{name}_ppl_tokens", ppl, sync_dist=True)
                 self.log(f"valid_{name}_acc_tokens", acc, sync_dist=True)
                 continue
             self.log(f"valid_{name}_ppl", ppl, sync_dist=True)
             self.log(f"valid_{name}_acc", acc, sync_dist=True)
-            group = self._group_of(name)
-            if group is not None:
-                per_stream.setdefault(group, []).append((ppl, acc))
+            if groups[name] is not None:
+                per_stream.setdefault(groups[name], []).append((ppl, acc))
         for group, values in per_stream.items():  # XLM's averages: the mean of the per-stream values
             self.log(f"valid_{group}_ppl", torch.stack([p for p, _ in values]).mean(), sync_dist=True)
             self.log(f"valid_{group}_acc", torch.stack([a for _, a in values]).mean(), sync_dist=True)
@@ -224,6 +216,10 @@ class PretrainModule(pl.LightningModule):
             # Every rank was seeded alike (identical init); give each its own dropout stream, or all ranks
             # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+
+def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
+    return {"objective": spec.objective, "langs": spec.langs, "lambda_": spec.lambda_, "weight": spec.weight}
 
 
 def _key(name: str) -> str:

@@ -60,7 +60,6 @@ IDENTITY_PREFIXES: tuple[str, ...] = (
 """Dotted-key prefixes of the settings that define a run (plus `data.fingerprint`, the data content)."""
 
 SAFE_WITHIN_IDENTITY: tuple[str, ...] = (
-    "model.compile",  # a build switch: same numbers, another kernel
     "data.batching.valid_batch_size",
     "data.batching.valid_max_batches",
     "objective.monitor",
