@@ -7,7 +7,6 @@ from pathlib import Path
 
 from xlmtrain.tasks.published import XNLI_LANGS
 
-
 Results = dict[str, dict[str, tuple[float, int]]]  # split -> lang -> (metric %, n)
 
 
