@@ -25,6 +25,7 @@ def test_templates_are_shipped() -> None:
                                            "preprocess_array.sbatch"}
 
 
+@pytest.mark.slow  # needs the local SLURM, which the fixture installs with apt as root: not in `make test`
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)
 def test_template_passes_sbatch_test_only(local_slurm: LocalSlurm, template: Path) -> None:
     result = local_slurm.run("sbatch", "--test-only", *FIT_LOCAL, str(template), "+recipe=tlm", check=False)

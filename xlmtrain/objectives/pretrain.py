@@ -5,8 +5,9 @@ and optimizer update. Here each Lightning training batch comes from one stream, 
 `StreamMixture` with a seeded generator, and each Lightning step is one optimizer update. With
 `trainer.accumulate_grad_batches=k`, k draws (each from its own stream) make one update whose gradient is
 their MEAN: Lightning divides each draw's loss by k before backward. XLM's `--accumulate_gradients` sums them
-(a gradient k times larger, which Adam's update ignores except through eps and clipping at clip_grad_norm).
-Lambdas and mixture probabilities are evaluated at the optimizer step (`batch // k`).
+(a gradient k times larger, which Adam's update ignores except through eps and clipping at clip_grad_norm;
+tests/test_training_semantics.py). Lambdas and mixture probabilities are evaluated at the optimizer step
+(`batch // k`).
 The loss is `lambda(step) * mean CE` over the predicted positions only (the model's `pred_mask` path).
 Batches, masking and stream choice are built by `PretrainBatches`; their random state is saved in the
 checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
