@@ -105,14 +105,15 @@ def test_momentum_update_is_an_ema_of_the_online_weights() -> None:
     torch.testing.assert_close(state.key_encoder.weight, 0.9 * before + 0.1 * online.weight)
 
 
-def test_xlco_loss_hand_computed_with_queue_then_enqueues() -> None:
+def test_xlco_loss_hand_computed_with_queue_and_keys_to_enqueue() -> None:
     state = _state(4)
     state.enqueue(torch.tensor([[0.0, 1.0]]))  # one queued key
     q_src = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # normalised: e0, e1
     q_tgt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     k_src = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     k_tgt = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
-    loss = xlco_loss(q_src, q_tgt, k_src, k_tgt, state, global_rows=2, scale=2.0, gather=False)
+    loss, keys = xlco_loss(q_src, q_tgt, k_src, k_tgt, state.negatives(), global_rows=2, scale=2.0, gather=False)
+    state.enqueue(keys)
     # src queries vs [k_tgt0, k_tgt1, queue0]: q0=e0 -> [.8, 0, 0], q1=e1 -> [.6, 1, 1] (positive index 1).
     # tgt queries vs [k_src0, k_src1, queue0]: q0=e0 -> [1, 0, 0], q1=(.6,.8) -> [.6, .8, .8] (positive 1).
     expected = torch.tensor(

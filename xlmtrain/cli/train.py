@@ -29,6 +29,7 @@ from xlmtrain.cli.config_dir import conf_dir
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.model.config import XLMConfig
+from xlmtrain.objectives.alignment import AlignmentSettings
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
 from xlmtrain.objectives.pretrain import PretrainModule
 from xlmtrain.objectives.streams import StreamSpec
@@ -153,6 +154,7 @@ def build(cfg: DictConfig) -> tuple[PretrainModule, pl.Trainer, PreprocessedData
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
         train_batches=train,
         valid_batches=valid,
+        alignment=AlignmentSettings(**OmegaConf.to_container(cfg.objective.alignment, resolve=True)),
     )
     if compile_model:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model

@@ -40,8 +40,6 @@ from torch import Tensor, nn
 
 from xlmtrain.model.pooling import POOLINGS, Pooling, pool_hidden
 
-ALIGNMENT_OBJECTIVES = ("trans_rank", "xlco")
-
 
 @dataclass(frozen=True)
 class AlignmentSettings:
@@ -162,6 +160,12 @@ def translation_ranking_loss(
     )
 
 
+def sentence_vectors(encoder: nn.Module, ids: Tensor, lengths: Tensor, langs: Tensor | None, pooling: Pooling) -> Tensor:
+    """(bs, dim) pooled last-layer states of `ids (bs, slen)` through an `XLMTransformer` (bidirectional)."""
+    hidden = encoder.encode(ids, lengths=lengths, langs=langs, causal=False).last_hidden_state  # (bs, slen, dim)
+    return pool_hidden(hidden, lengths, pooling)
+
+
 def in_batch_accuracy(src: Tensor, tgt: Tensor) -> Tensor:
     """Percentage of pairs whose nearest candidate by cosine (both directions averaged) is their translation."""
     scores = F.normalize(src.float(), dim=-1) @ F.normalize(tgt.float(), dim=-1).T  # (n, n)
@@ -214,22 +218,20 @@ class XLCoState(nn.Module):
 
 
 def xlco_loss(
-    query_src: Tensor, query_tgt: Tensor, key_src: Tensor, key_tgt: Tensor, state: XLCoState, *, global_rows: int,
-    scale: float, gather: bool,
-) -> Tensor:
-    """InfoXLM's XLCo per pair `(n,)`, both directions, and then the batch's keys (every rank's) are enqueued.
+    query_src: Tensor, query_tgt: Tensor, key_src: Tensor, key_tgt: Tensor, queued: Tensor | None, *,
+    global_rows: int, scale: float, gather: bool,
+) -> tuple[Tensor, Tensor]:
+    """InfoXLM's XLCo per pair `(n,)`, both directions, and the batch's keys (every rank's) to enqueue.
 
     `query_*`: (n, dim) pooled vectors of the trained encoder; `key_*`: (n, dim) of the momentum encoder (no
-    gradient). Query src i's positive is key tgt i; negatives are the other keys of the (global) batch and the
-    queue as it was before this batch.
+    gradient); `queued`: (Q, dim) `XLCoState.negatives()` before this batch, or None. Query src i's positive is
+    key tgt i; its negatives are the other keys of the (global) batch and the queue.
     """
     qx, qy = F.normalize(query_src.float(), dim=-1), F.normalize(query_tgt.float(), dim=-1)
     kx, ky = F.normalize(key_src.float(), dim=-1).detach(), F.normalize(key_tgt.float(), dim=-1).detach()
     all_kx, offset = gather_rows(kx, global_rows) if gather else (kx, 0)
     all_ky, _ = gather_rows(ky, global_rows) if gather else (ky, 0)
-    queued = state.negatives()
     loss = ranking_loss(qx, all_ky, offset, scale=scale, extra=queued) + ranking_loss(
         qy, all_kx, offset, scale=scale, extra=queued
     )
-    state.enqueue(torch.cat([all_kx, all_ky]))
-    return loss
+    return loss, torch.cat([all_kx, all_ky])

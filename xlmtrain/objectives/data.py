@@ -32,9 +32,17 @@ import torch
 
 from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.data.streams import ParallelBatches, StreamBatches
-from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, next_token_targets
+from xlmtrain.objectives.batches import (
+    LMBatch,
+    PairBatch,
+    concat_pair,
+    constant_langs,
+    next_token_targets,
+    pair_batch,
+    pair_rank_rows,
+)
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
-from xlmtrain.objectives.streams import StreamMixture, StreamSpec
+from xlmtrain.objectives.streams import ALIGNMENT_OBJECTIVES, StreamMixture, StreamSpec
 
 _KEEP_STATES = 64  # states of recent batches kept for checkpointing; far above Lightning's prefetch depth
 
@@ -96,9 +104,10 @@ class MaskingSettings:
 
 @dataclass
 class TrainItem:
-    """One training batch: `batch` from stream `stream`, loss coefficient `lam`, global batch counter `index`."""
+    """One training batch: `batch` from stream `stream`, loss coefficient `lam`, global batch counter `index`.
+    `batch` is a `PairBatch` for the alignment objectives (`trans_rank`, `xlco`), an `LMBatch` otherwise."""
 
-    batch: LMBatch
+    batch: LMBatch | PairBatch
     stream: int
     lam: float
     index: int
@@ -106,9 +115,9 @@ class TrainItem:
 
 @dataclass
 class ValidItem:
-    """One validation batch of stream `stream`."""
+    """One validation batch of stream `stream` (an `LMBatch`, or a `PairBatch` for the alignment objectives)."""
 
-    batch: LMBatch
+    batch: LMBatch | PairBatch
     stream: int
 
 
@@ -140,6 +149,12 @@ class _Builder:
             return pair.ids, pair.lengths, pair.positions, pair.langs
         x, lengths = raw
         return x, lengths, None, constant_langs(x, self.lang2id[spec.langs])
+
+    def pair(self, spec: StreamSpec, raw: Any) -> PairBatch:
+        """The two sides of a raw pair batch, padded separately (the alignment objectives)."""
+        (x1, len1), (x2, len2) = raw
+        lang1, lang2 = spec.lang_list
+        return pair_batch(x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2])
 
     def clm(self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor) -> LMBatch:
         pred_mask, targets = next_token_targets(ids, lengths)
@@ -244,7 +259,9 @@ class PretrainBatches:
         self._states.clear()
         self._start = self.next_state()
 
-    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch:
+    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch | PairBatch:
+        if spec.objective in ALIGNMENT_OBJECTIVES:
+            return self.builder.pair(spec, raw)
         ids, lengths, positions, langs = self.builder.layout(spec, raw)
         if spec.objective == "clm":
             return self.builder.clm(ids, lengths, positions, langs)
@@ -271,7 +288,8 @@ class PretrainBatches:
             stream = self.mixture.draw(step, _generator(self.seed, k, 0))
             spec = self.specs[stream]
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
-            batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
+            cut = pair_rank_rows if isinstance(batch, PairBatch) else rank_rows
+            batch = cut(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
             self._next_index = k + 1
             self._states[k] = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
             while len(self._states) > _KEEP_STATES:
@@ -349,6 +367,9 @@ class ValidBatches:
                 j = local * self.world_size + self.rank
                 if limit is not None and j >= limit:
                     break
+                if spec.objective in ALIGNMENT_OBJECTIVES:
+                    yield ValidItem(batch=self.builder.pair(spec, raw), stream=stream)
+                    continue
                 ids, lengths, positions, langs = self.builder.layout(spec, raw)
                 if spec.objective == "clm":
                     batch = self.builder.clm(ids, lengths, positions, langs)

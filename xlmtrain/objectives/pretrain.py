@@ -9,6 +9,12 @@ Batches, masking and stream choice are built by `PretrainBatches`; their random 
 checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
 shift a resumed run.
 
+The alignment streams (`trans_rank`, `xlco`: `xlmtrain.objectives.alignment`) encode the two sides of
+a pair separately and their loss is `lambda(step) * mean per-pair loss`; XLCo's momentum encoder and
+queue (`self.xlco`) are part of the module's state dict, so checkpoints carry them, and not of `self.model`,
+so export is unchanged. Their validation logs `valid_<pair>_<objective>_loss` (in-batch, no queue) and
+`_acc`, the in-batch translation retrieval accuracy of the trained encoder (both directions, percent).
+
 Validation runs every stream on its valid split with XLM's deterministic masking and logs
 `valid_<langs>_<objective>_{ppl,acc}` (e.g. `valid_en_mlm_ppl`, `valid_en-fr_tlm_acc`) plus
 token-weighted averages over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (as XLM,
@@ -19,6 +25,7 @@ TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,9 +35,17 @@ from torchmetrics import MeanMetric
 
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
-from xlmtrain.objectives.batches import LMBatch
+from xlmtrain.objectives.alignment import (
+    AlignmentSettings,
+    XLCoState,
+    in_batch_accuracy,
+    sentence_vectors,
+    translation_ranking_loss,
+    xlco_loss,
+)
+from xlmtrain.objectives.batches import LMBatch, PairBatch
 from xlmtrain.objectives.data import PretrainBatches, TrainItem, ValidBatches, ValidItem
-from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.objectives.streams import ALIGNMENT_OBJECTIVES, StreamSpec
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -54,6 +69,7 @@ class PretrainModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         train_batches: PretrainBatches | None = None,
         valid_batches: ValidBatches | None = None,
+        alignment: AlignmentSettings | Mapping[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -63,14 +79,21 @@ class PretrainModule(pl.LightningModule):
             scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
             train_batches: the training batch source (None when only loading weights or validating).
             valid_batches: the validation batch source (None: no validation).
+            alignment: settings of the `trans_rank` / `xlco` streams (saved as a hyperparameter; None: defaults).
         """
         super().__init__()
+        if alignment is None or isinstance(alignment, Mapping):
+            alignment = AlignmentSettings(**dict(alignment or {}))
         self.save_hyperparameters(
-            {"model_config": dict(model_config), "streams": [dict(s) for s in streams]}
+            {"model_config": dict(model_config), "streams": [dict(s) for s in streams], "alignment": asdict(alignment)}
         )
         self.config = XLMConfig.from_dict(dict(model_config), source="model_config")
         self.specs = [StreamSpec(**s) for s in streams]
         self.model = XLMWithLMHead(self.config)
+        self.alignment = alignment
+        # XLCo's momentum encoder and queue; a copy of the initial encoder, as MoCo starts.
+        uses_xlco = any(s.objective == "xlco" for s in self.specs)
+        self.xlco = XLCoState(self.model.transformer, self.config.emb_dim, alignment) if uses_xlco else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_batches = train_batches
@@ -78,7 +101,8 @@ class PretrainModule(pl.LightningModule):
         self._pending_batch_state: dict[str, Any] | None = None
         self._pending_rng_states: torch.Tensor | None = None
         self._last_trained_index = -1
-        names = [spec.name for spec in (valid_batches.specs if valid_batches else self.specs)]
+        self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
+        names = [spec.name for spec in self.valid_specs]
         self.valid_names = names
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
         groups = names + [g for g in ("mlm", "clm", "tlm") if any(self._group_of(n) == g for n in names)]
@@ -90,7 +114,7 @@ class PretrainModule(pl.LightningModule):
         langs, objective = name.rsplit("_", 1)
         if objective == "tlm":
             return "tlm"
-        return None if "-" in langs else objective
+        return None if "-" in langs else objective  # the alignment objectives are on pairs: no average
 
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
         langs = batch.langs if self.config.n_langs > 1 else None
@@ -104,6 +128,36 @@ class PretrainModule(pl.LightningModule):
         """Cross-entropy `(n_pred,)` of each target (fused projection + CE: no logits are kept)."""
         return self.model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **self._encoder_inputs(batch))
 
+    def _sides(self, batch: PairBatch, encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, dim) pooled vectors of both sides of `batch` through `encoder`."""
+        pooling, multi = self.alignment.pooling, self.config.n_langs > 1
+        src = sentence_vectors(encoder, batch.src_ids, batch.src_lengths, batch.src_langs if multi else None, pooling)
+        tgt = sentence_vectors(encoder, batch.tgt_ids, batch.tgt_lengths, batch.tgt_langs if multi else None, pooling)
+        return src, tgt
+
+    def alignment_losses(self, batch: PairBatch, objective: str) -> torch.Tensor:
+        """Per-pair training loss `(n_pairs,)` of a `trans_rank` or `xlco` batch (this rank's pairs, negatives from
+        every rank's when `alignment.gather_negatives`). XLCo first moves the momentum encoder, then enqueues
+        this batch's keys."""
+        a = self.alignment
+        src, tgt = self._sides(batch, self.model.transformer)
+        if objective == "trans_rank":
+            loss = translation_ranking_loss(
+                src, tgt, global_rows=batch.global_rows, margin=a.margin, scale=a.scale, gather=a.gather_negatives
+            )
+        else:
+            self.xlco.update_momentum(self.model.transformer)
+            with torch.no_grad():
+                key_src, key_tgt = self._sides(batch, self.xlco.key_encoder)
+            loss, keys = xlco_loss(
+                src, tgt, key_src, key_tgt, self.xlco.negatives(), global_rows=batch.global_rows, scale=a.xlco_scale,
+                gather=a.gather_negatives,
+            )  # fmt: skip
+            self.xlco.enqueue(keys)
+        # The LM head's bias is the one trained weight these steps do not reach: a zero-weighted term gives it a
+        # (zero) gradient, as DDP without find_unused_parameters needs every step; 1 process does the same.
+        return loss + 0.0 * self.model.pred_layer.proj.bias.sum()
+
     def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
         """`lambda * mean CE` of the drawn stream over the global batch; raises `NonFiniteLossError` naming
         step and stream.
@@ -114,8 +168,12 @@ class PretrainModule(pl.LightningModule):
         The logged losses are the global means (identical on every rank, so no further reduction).
         """
         spec = self.specs[item.stream]
-        ce_sum = self.target_losses(item.batch).sum()
-        n_total, ce_total = item.batch.targets.numel(), ce_sum.detach()
+        if isinstance(item.batch, PairBatch):
+            per_item = self.alignment_losses(item.batch, spec.objective)  # (n_pairs,)
+        else:
+            per_item = self.target_losses(item.batch)  # (n_pred,)
+        ce_sum = per_item.sum()
+        n_total, ce_total = per_item.numel(), ce_sum.detach()
         world = self.trainer.world_size
         if world > 1:
             sums = self.trainer.strategy.reduce(
@@ -125,7 +183,7 @@ class PretrainModule(pl.LightningModule):
         ce_mean = ce_total / n_total
         self._check_finite(ce_mean, item.index, spec.name)
         self._last_trained_index = item.index
-        bs = item.batch.input_ids.shape[0]
+        bs = len(item.batch.src_ids if isinstance(item.batch, PairBatch) else item.batch.input_ids)
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
@@ -147,33 +205,55 @@ class PretrainModule(pl.LightningModule):
             )
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
-        """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
+        """Accumulate token-weighted CE and accuracy of one deterministic validation batch (pair-weighted loss and
+        in-batch retrieval accuracy for the alignment streams)."""
         name = self.valid_names[item.stream]
-        logits = self(item.batch).float()
-        targets = item.batch.targets
-        n = targets.numel()
-        ce = F.cross_entropy(logits, targets)
-        acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
+        if isinstance(item.batch, PairBatch):
+            loss, acc, n = self._alignment_validation(item.batch, self.valid_specs[item.stream].objective)
+        else:
+            logits = self(item.batch).float()
+            targets = item.batch.targets
+            n = targets.numel()
+            loss = F.cross_entropy(logits, targets)
+            acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
         for key in (name, self._group_of(name)):
             if key is not None:
-                self.valid_ce[_key(key)].update(ce, weight=n)
+                self.valid_ce[_key(key)].update(loss, weight=n)
                 self.valid_acc[_key(key)].update(acc, weight=n)
 
+    def _alignment_validation(self, batch: PairBatch, objective: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(mean in-batch loss, in-batch retrieval accuracy %, pairs) of a validation pair batch; no queue, no
+        momentum update, no gather (validation batches are whole on each rank)."""
+        a = self.alignment
+        src, tgt = self._sides(batch, self.model.transformer)
+        n = batch.src_ids.shape[0]
+        if objective == "trans_rank":
+            loss = translation_ranking_loss(src, tgt, global_rows=n, margin=a.margin, scale=a.scale, gather=False)
+        else:
+            key_src, key_tgt = self._sides(batch, self.xlco.key_encoder)
+            loss, _ = xlco_loss(src, tgt, key_src, key_tgt, None, global_rows=n, scale=a.xlco_scale, gather=False)
+        return loss.mean(), in_batch_accuracy(src, tgt), n
+
     def on_validation_epoch_end(self) -> None:
-        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks);
+        `valid_<name>_loss` instead of a perplexity for the alignment streams."""
         for key, ce_metric in self.valid_ce.items():
             if not ce_metric.update_called:
                 continue
             name = _unkey(key)
             ce = ce_metric.compute()
-            self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
+            if name.endswith(tuple(f"_{o}" for o in ALIGNMENT_OBJECTIVES)):
+                self.log(f"valid_{name}_loss", ce, sync_dist=True)
+            else:
+                self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
             self.log(f"valid_{name}_acc", self.valid_acc[key].compute(), sync_dist=True)
             ce_metric.reset()
             self.valid_acc[key].reset()
 
     def configure_optimizers(self) -> Any:
         """The optimizer over all parameters and, if configured, a per-step LR scheduler."""
-        optimizer = self.optimizer_factory(self.parameters())
+        # Only trained weights: XLCo's momentum encoder is frozen (it follows the encoder by EMA).
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)
