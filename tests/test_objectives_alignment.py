@@ -197,3 +197,106 @@ def test_gathered_negatives_on_two_ranks_equal_one_process() -> None:
     torch.testing.assert_close(torch.cat([results[0][0], results[1][0]]), loss_one)
     for rank in (0, 1):
         torch.testing.assert_close(results[rank][1], grad_one)
+
+
+# --- pair streams in the mixture ---------------------------------------------------------------------------------
+
+
+def _pair_items(prep, rank: int, world: int, n: int):
+    from xlmtrain.data.preprocessed import PreprocessedData
+    from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches
+    from xlmtrain.objectives.streams import StreamSpec
+
+    data = PreprocessedData(prep)
+    source = PretrainBatches(
+        [StreamSpec("tlm", "io-vo"), StreamSpec("trans_rank", "io-vo")], data, n_words=len(data.dictionary),
+        counts=data.dictionary.counts, batching=BatchSettings(batch_size=5), masking=MaskingSettings(), seed=4,
+    )  # fmt: skip
+    source.configure(rank=rank, world_size=world)
+    return source, [item for _, item in zip(range(n), source)]
+
+
+def test_trans_rank_batches_are_the_pairs_whole_and_split_over_ranks(synthetic_prep) -> None:
+    from xlmtrain.data.preprocessed import PreprocessedData
+    from xlmtrain.objectives.batches import PairBatch
+
+    data = PreprocessedData(synthetic_prep)
+    io, vo = data.parallel("train", "io", "vo")
+    _, whole = _pair_items(synthetic_prep, 0, 1, 12)
+    pairs = [item for item in whole if item.stream == 1]
+    assert pairs and all(isinstance(item.batch, PairBatch) for item in pairs)
+    for item in pairs:
+        b = item.batch
+        assert b.global_rows == 5 and b.src_langs.eq(data.lang2id["io"]).all() and b.tgt_langs.eq(data.lang2id["vo"]).all()
+        for row in range(5):  # each row is `</s> sentence </s>` of an aligned pair: find the io sentence, check its vo
+            src = b.src_ids[row, 1 : int(b.src_lengths[row]) - 1].tolist()
+            tgt = b.tgt_ids[row, 1 : int(b.tgt_lengths[row]) - 1].tolist()
+            index = next(i for i in range(len(io)) if io[i].tolist() == src and vo[i].tolist() == tgt)
+            assert index >= 0
+    ranks = [_pair_items(synthetic_prep, r, 2, 12)[1] for r in range(2)]
+    for k, item in enumerate(whole):
+        if item.stream != 1:
+            continue
+        parts = [r[k].batch for r in ranks]
+        assert [p.global_rows for p in parts] == [5, 5] and [len(p.src_ids) for p in parts] == [3, 2]
+        for side in ("src", "tgt"):
+            rows = [row[: int(n)].tolist() for p in parts for row, n in zip(getattr(p, f"{side}_ids"), getattr(p, f"{side}_lengths"))]
+            full = getattr(item.batch, f"{side}_ids")
+            assert rows == [row[: int(n)].tolist() for row, n in zip(full, getattr(item.batch, f"{side}_lengths"))]
+
+
+def test_pair_stream_state_resumes_at_the_next_batch(synthetic_prep) -> None:
+    source, items = _pair_items(synthetic_prep, 0, 1, 10)
+    state = source.state_after(5)
+    again, _ = _pair_items(synthetic_prep, 0, 1, 0)
+    again.restore(state)
+    resumed = [item for _, item in zip(range(4), again)]
+    for a, b in zip(resumed, items[6:]):
+        assert a.stream == b.stream and a.index == b.index
+        first = a.batch.src_ids if a.stream == 1 else a.batch.input_ids
+        assert torch.equal(first, b.batch.src_ids if b.stream == 1 else b.batch.input_ids)
+
+
+def _module(objective: str, **alignment):
+    from xlmtrain.model.config import XLMConfig
+    from xlmtrain.objectives.pretrain import PretrainModule
+
+    config = XLMConfig(vocab_size=40, emb_dim=8, n_layers=1, n_heads=2, n_langs=2, use_lang_emb=False).to_dict()
+    streams = [{"objective": objective, "langs": "io-vo"}]
+    return PretrainModule(config, streams, optimizer=torch.optim.SGD, alignment=alignment)
+
+
+def _toy_pairs(n: int = 4) -> "PairBatch":  # noqa: F821
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randint(6, 40, (n, 5), generator=g), torch.randint(6, 40, (n, 6), generator=g)
+    x1[:, 0] = x2[:, 0] = 1
+    return pair_batch(x1, torch.full((n,), 5), x2, torch.full((n,), 6), lang1_id=0, lang2_id=1)
+
+
+def test_module_trans_rank_loss_is_the_pooled_encoder_loss() -> None:
+    module = _module("trans_rank", pooling="first", margin=0.1, scale=7.0)
+    batch = _toy_pairs()
+    module.eval()  # no dropout: both computations see the same network
+    enc = module.model.transformer
+    src = enc.encode(batch.src_ids, lengths=batch.src_lengths).last_hidden_state[:, 0]
+    tgt = enc.encode(batch.tgt_ids, lengths=batch.tgt_lengths).last_hidden_state[:, 0]
+    expected = translation_ranking_loss(src, tgt, global_rows=4, margin=0.1, scale=7.0, gather=False)
+    torch.testing.assert_close(module.alignment_losses(batch, "trans_rank"), expected)
+    assert module.xlco is None and module.hparams["alignment"]["margin"] == 0.1
+
+
+def test_module_xlco_moves_momentum_enqueues_and_keeps_state_out_of_the_model() -> None:
+    module = _module("xlco", xlco_queue_size=6, xlco_momentum=0.5)
+    with torch.no_grad():
+        for p in module.model.transformer.parameters():
+            p.add_(0.1)
+    key_before = module.xlco.key_encoder.embeddings.weight.clone()
+    module.alignment_losses(_toy_pairs(), "xlco")
+    online = module.model.transformer.embeddings.weight
+    torch.testing.assert_close(module.xlco.key_encoder.embeddings.weight, 0.5 * key_before + 0.5 * online)
+    assert int(module.xlco.queue_filled) == 6  # 4 pairs x 2 sides = 8 keys, capped at the queue size
+    keys = module.state_dict().keys()
+    assert "xlco.queue" in keys and "xlco.key_encoder.embeddings.weight" in keys
+    assert not any(k.startswith("xlco") for k in module.model.state_dict())  # export (self.model) unchanged
+    trained = {id(p) for p in module.parameters() if p.requires_grad}
+    assert not any(id(p) in trained for p in module.xlco.parameters())

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.xlmtrain_cli import (checkpoint_steps, exported_weights, resumed_from, run, start, tiny_overrides, train_rows,
-                                valid_rows)
+from tests.xlmtrain_cli import (checkpoint_steps, exported_weights, final_weights, resumed_from, run, start,
+                                tiny_overrides, train_rows, valid_rows)
 from xlmtrain.training.resume import validated_step
 
 MAX_STEPS, EVERY = 96, 8
@@ -31,10 +31,27 @@ def _args(prep: Path, run_dir: Path) -> list[str]:
     return [*tiny_overrides(prep, run_dir, "mlm_tlm"), *STEPS]
 
 
+# TLM beside both alignment objectives: pair batches, XLCo's momentum encoder and a queue that wraps (8 pairs x 2
+# sides = 16 keys per XLCo step into 20 slots), all of which the checkpoint must carry.
+ALIGN = ["objective.streams=[{objective:tlm,langs:io-vo},{objective:trans_rank,langs:io-vo},"
+         "{objective:xlco,langs:io-vo}]", "objective.alignment.xlco_queue_size=20"]  # fmt: skip
+
+
+def _align_args(prep: Path, run_dir: Path) -> list[str]:
+    return [*tiny_overrides(prep, run_dir, "tlm_align"), *STEPS, *ALIGN]
+
+
 @pytest.fixture(scope="module")
 def reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     run(_args(synthetic_prep, run_dir), run_dir.parent)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def align_reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("align_reference") / "run"
+    run(_align_args(synthetic_prep, run_dir), run_dir.parent)
     return run_dir
 
 
@@ -77,6 +94,28 @@ def test_sigkill_after_a_checkpoint_then_restart_is_bit_identical(synthetic_prep
     out = run(_args(synthetic_prep, run_dir), tmp_path)
     assert before[resumed_from(out, run_dir)] == saved_step  # last.ckpt or the best checkpoint of the same step
     _assert_same_run(run_dir, reference)
+
+
+def test_sigkill_with_alignment_streams_then_restart_is_bit_identical(synthetic_prep: Path, tmp_path: Path,
+                                                                     align_reference: Path) -> None:  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = start(_align_args(synthetic_prep, run_dir), tmp_path)
+    _wait_for_step(proc, run_dir, 11)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    saved_step = validated_step(run_dir / "checkpoints" / "last.ckpt")
+    assert saved_step % EVERY == 0 and EVERY <= saved_step < MAX_STEPS
+    run(_align_args(synthetic_prep, run_dir), tmp_path)
+    _assert_same_run(run_dir, align_reference)
+    # Every stream was trained, and XLCo's state (momentum weights, queue, ring position) is continued exactly.
+    losses = {k for r in train_rows(run_dir) for k in r if k.startswith("train_io-vo_")}
+    assert losses == {"train_io-vo_tlm_loss", "train_io-vo_trans_rank_loss", "train_io-vo_xlco_loss"}, losses
+    ours, theirs = final_weights(run_dir), final_weights(align_reference)
+    xlco = [k for k in theirs if k.startswith("xlco.")]
+    assert "xlco.queue" in xlco and "xlco.queue_next" in xlco and "xlco.key_encoder.embeddings.weight" in xlco
+    assert int(theirs["xlco.queue_filled"]) == 20
+    for key in xlco:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
 
 
 def test_sigterm_saves_exits_zero_and_the_next_start_resumes(synthetic_prep: Path, tmp_path: Path,
