@@ -34,7 +34,7 @@ def _args(prep: Path, run_dir: Path) -> list[str]:
 # TLM beside both alignment objectives: pair batches, XLCo's momentum encoder and a queue that wraps (8 pairs x 2
 # sides = 16 keys per XLCo step into 20 slots), all of which the checkpoint must carry.
 ALIGN = ["objective.streams=[{objective:tlm,langs:io-vo},{objective:trans_rank,langs:io-vo},"
-         "{objective:xlco,langs:io-vo}]", "objective.alignment.xlco_queue_size=20"]  # fmt: skip
+         "{objective:xlco,langs:io-vo}]", "objective.alignment.xlco_queue_size=20", "callbacks=default"]  # fmt: skip
 
 
 def _align_args(prep: Path, run_dir: Path) -> list[str]:
@@ -51,7 +51,7 @@ def reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def align_reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("align_reference") / "run"
-    run(_align_args(synthetic_prep, run_dir), run_dir.parent)
+    run(_align_args(synthetic_prep, run_dir), run_dir.parent, timeout=900)
     return run_dir
 
 
@@ -105,7 +105,7 @@ def test_sigkill_with_alignment_streams_then_restart_is_bit_identical(synthetic_
     proc.communicate(timeout=60)
     saved_step = validated_step(run_dir / "checkpoints" / "last.ckpt")
     assert saved_step % EVERY == 0 and EVERY <= saved_step < MAX_STEPS
-    run(_align_args(synthetic_prep, run_dir), tmp_path)
+    run(_align_args(synthetic_prep, run_dir), tmp_path, timeout=900)
     _assert_same_run(run_dir, align_reference)
     # Every stream was trained, and XLCo's state (momentum weights, queue, ring position) is continued exactly.
     losses = {k for r in train_rows(run_dir) for k in r if k.startswith("train_io-vo_")}
