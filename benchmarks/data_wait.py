@@ -24,9 +24,11 @@ import torch
 from benchlib import format_table, machine_line, peak_rss_mb
 from hydra import compose, initialize_config_dir
 
-from xlmtrain.cli.train import build, conf_dir
+from xlmtrain.__main__ import pretrain_settings
+from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.preprocessed import ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
+from xlmtrain.jobs.pretrain import setup
 
 
 class TimedBatches:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> float:
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("xlmtrain", overrides=overrides)
-    module, trainer, _ = build(cfg)
+    module, trainer, _ = setup(pretrain_settings(cfg))
     timed = TimedBatches(module.train_batches)
     module.train_batches = timed
     clock = StepClock()

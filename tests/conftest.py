@@ -39,11 +39,10 @@ def default_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _default_run(recipe: str, cache_dir: Path, run_dir: Path) -> Path:
     """`python -m xlmtrain +recipe=<recipe>` with its defaults (seed 0, no data.dir) into `run_dir`, with the
-    composed config saved as `run_dir/.hydra/config.yaml`."""
+    run record `run_dir/run.json` (its resolved data dir and data settings)."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from xlmtrain.cli.train import train
+    from xlmtrain.__main__ import run as run_job
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -53,10 +52,7 @@ def _default_run(recipe: str, cache_dir: Path, run_dir: Path) -> Path:
                        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"],
         )
     GlobalHydra.instance().clear()
-    train(cfg)
-    # As the CLI does, so code reading a run dir (recipes/synthetic/probe.py) finds the composed config.
-    (run_dir / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    run_job(cfg)
     return run_dir
 
 

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, REPO
-from xlmtrain.cli.config_dir import conf_dir
+from xlmtrain.config_dir import conf_dir
 from xlmtrain.objectives.streams import StreamSpec
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))

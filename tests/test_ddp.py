@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.xlmtrain_cli import final_weights, run, tiny_overrides, train_rows, valid_rows
+from tests.cli_runs import final_weights, run, tiny_overrides, train_rows, valid_rows
 
 RUN = ["trainer.max_steps=12", "trainer.val_check_interval=6", "model.dropout=0", "model.attention_dropout=0",
        "export=false"]  # fmt: skip

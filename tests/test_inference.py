@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from xlmtrain.cli import embed as embed_cli
-from xlmtrain.cli import fill_mask as fill_mask_cli
-from xlmtrain.cli import retrieval as retrieval_cli
+from xlmtrain import embed as embed_cli
+from xlmtrain import fill_mask as fill_mask_cli
+from xlmtrain import retrieval as retrieval_cli
 from xlmtrain.data.dictionary import N_SPECIALS
 from xlmtrain.data.preprocessed import PreprocessedData
 from xlmtrain.inference import (

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import xlmtrain
 
-from xlmtrain.cli.convert import main as convert_main
+from xlmtrain.convert import main as convert_main
 from xlmtrain.interop import CheckpointError, load_model, read_checkpoint, save_model
 from xlmtrain.model import UnsupportedFeatureError, XLMConfig, build_model
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_pretrain import _cfg
-from xlmtrain.cli.train import read_metrics, train
+from xlmtrain.__main__ import run as run_job
+from xlmtrain.training.report import read_metrics
 
 
 @pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
@@ -16,7 +17,7 @@ def test_logger_writes_offline(synthetic_prep: Path, tmp_path: Path, monkeypatch
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # wandb's own cache/config stays out of $HOME
     run = tmp_path / "run"
     cfg = _cfg(synthetic_prep, run, "mlm", f"logger={logger}", "trainer.max_steps=3", "export=false")
-    assert train(cfg)["steps"] == 3
+    assert run_job(cfg)["steps"] == 3
     assert any("train_loss" in r for r in read_metrics(run / "metrics.csv"))
     if logger == "tensorboard":
         assert list(run.rglob("events.out.tfevents.*")), "no TensorBoard event file"

@@ -50,7 +50,7 @@ def test_installed_wheel_finds_its_config_tree(tmp_path: Path) -> None:
     ).stdout
     assert "objective:" in out
     where = subprocess.run(
-        [sys.executable, "-c", "import xlmtrain.cli.config_dir as c; print(c.conf_dir())"],
+        [sys.executable, "-c", "import xlmtrain.config_dir as c; print(c.conf_dir())"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert where == str(site / "xlmtrain" / "conf")

@@ -103,16 +103,18 @@ def test_non_finite_loss_names_step_batch_and_stream() -> None:
 def test_model_compile_flag_and_fused_adam_in_build(synthetic_prep: Path, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    from xlmtrain.cli.train import build, conf_dir
+    from xlmtrain.__main__ import pretrain_settings
+    from xlmtrain.config_dir import conf_dir
+    from xlmtrain.jobs.pretrain import setup
 
     overrides = [f"data.dir={synthetic_prep}", f"run_dir={tmp_path}", "+recipe=mlm"]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         eager = compose("xlmtrain", overrides=overrides)
         compiled = compose("xlmtrain", overrides=[*overrides, "model.compile=true"])
     assert eager.model.compile is False and eager.optim.optimizer.fused is True
-    module, _, _ = build(eager)
+    module, _, _ = setup(pretrain_settings(eager))
     assert module.model._compiled_call_impl is None and "compile" not in module.hparams["model_config"]
-    module, _, _ = build(compiled)
+    module, _, _ = setup(pretrain_settings(compiled))
     assert module.model._compiled_call_impl is not None  # compiled in place: state-dict keys unchanged
     assert all(not key.startswith("_orig_mod") for key in module.model.state_dict())
     optimizer = module.optimizer_factory(module.parameters())

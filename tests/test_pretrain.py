@@ -9,8 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
-from xlmtrain.cli.train import build, read_metrics, train
+from xlmtrain.__main__ import pretrain_settings
+from xlmtrain.__main__ import run as run_job
+from xlmtrain.jobs.pretrain import setup
 from xlmtrain.objectives.batches import concat_pair
+from xlmtrain.training.report import read_metrics
 
 TINY = [
     "model.emb_dim=32",
@@ -50,7 +53,7 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
 
     run = tmp_path / "run"
     cfg = _cfg(synthetic_prep, run, "tlm", "trainer.max_steps=40", "trainer.val_check_interval=20")
-    summary = train(cfg)
+    summary = run_job(cfg)
     assert summary["steps"] == 40
     _check_loss_falls(run)
     for name in ("checkpoints/last.ckpt", "metrics.csv", "training_curves.png", "model/config.json",
@@ -61,7 +64,7 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
     assert list((run / "checkpoints").glob("best-*.ckpt"))
 
     # Same logits from the Lightning module's model and from transformers on a TLM batch.
-    module, _, data = build(_cfg(synthetic_prep, tmp_path / "unused", "tlm"))
+    module, _, data = setup(pretrain_settings(_cfg(synthetic_prep, tmp_path / "unused", "tlm")))
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
     module.load_state_dict(state)
     module.eval()
@@ -82,7 +85,7 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["clm", "mlm", "mlm_tlm"])
 def test_every_recipe_loss_falls(synthetic_prep: Path, tmp_path: Path, recipe: str) -> None:
-    train(_cfg(synthetic_prep, tmp_path / recipe, recipe, "trainer.max_steps=60", "trainer.val_check_interval=30",
+    run_job(_cfg(synthetic_prep, tmp_path / recipe, recipe, "trainer.max_steps=60", "trainer.val_check_interval=30",
                "export=false"))  # fmt: skip
     _check_loss_falls(tmp_path / recipe)
     rows = read_metrics(tmp_path / recipe / "metrics.csv")
@@ -98,9 +101,9 @@ def test_resume_is_exact(synthetic_prep: Path, tmp_path: Path) -> None:
     common = ("model.dropout=0", "model.attention_dropout=0", "export=false", "trainer.val_check_interval=1000",
               "checkpoint.every_n_train_steps=20")  # fmt: skip
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(_cfg(synthetic_prep, whole, "mlm_tlm", "trainer.max_steps=40", *common))
-    train(_cfg(synthetic_prep, split, "mlm_tlm", "trainer.max_steps=20", *common))
-    train(_cfg(synthetic_prep, split, "mlm_tlm", "trainer.max_steps=40", *common))
+    run_job(_cfg(synthetic_prep, whole, "mlm_tlm", "trainer.max_steps=40", *common))
+    run_job(_cfg(synthetic_prep, split, "mlm_tlm", "trainer.max_steps=20", *common))
+    run_job(_cfg(synthetic_prep, split, "mlm_tlm", "trainer.max_steps=40", *common))
     a = torch.load(whole / "checkpoints/last.ckpt", weights_only=True)
     b = torch.load(split / "checkpoints/last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 40

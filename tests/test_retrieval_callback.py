@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
-from xlmtrain.cli.train import read_metrics, train
+from xlmtrain.__main__ import run as run_job
+from xlmtrain.training.report import read_metrics
 from xlmtrain.data.preprocessed import PreprocessedData
 from xlmtrain.inference.callback import RetrievalCallback
 from xlmtrain.inference.embeddings import embed_ids
@@ -59,7 +60,7 @@ def test_callback_logs_p_at_1_of_the_trained_model(synthetic_prep: Path, tmp_pat
         # _p_at_1's embedding and scoring (the callback's default is mean pooling, centred, margin)
         "callbacks.retrieval.pooling=first", "callbacks.retrieval.scoring=cosine", "callbacks.retrieval.center=false",
     )
-    train(cfg)
+    run_job(cfg)
     rows = [r for r in read_metrics(run / "metrics.csv") if "valid_io-vo_retrieval_p@1" in r]
     assert [r["step"] for r in rows] == [1, 3]  # validation after steps 2 and 4 (Lightning logs step - 1)
     assert all("valid_vo-io_retrieval_p@1" in r for r in rows)

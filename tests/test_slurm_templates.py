@@ -10,7 +10,7 @@ import pytest
 from slurm_harness import REPO, LocalSlurm, local_slurm  # noqa: F401 (fixture)
 
 from tests.conftest import CONF_DIR
-from tests.xlmtrain_cli import CLI, checkpoint_steps, exported_weights, resumed_from, tiny_overrides, train_rows
+from tests.cli_runs import CLI, checkpoint_steps, exported_weights, resumed_from, tiny_overrides, train_rows
 from xlmtrain.training.resume import validated_step
 
 pytestmark = pytest.mark.slurm

@@ -247,16 +247,18 @@ def test_synthetic_nli_semantics() -> None:
 
 @pytest.mark.parametrize("recipe", ["xnli", "token_classification"])
 def test_finetune_recipes_compose(recipe: str) -> None:
-    from xlmtrain.tasks.job import task_settings
+    from xlmtrain.__main__ import finetune_settings
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("xlmtrain", overrides=[f"+recipe={recipe}", "data.dir=/data"])
+        typo = compose("xlmtrain", overrides=[f"+recipe={recipe}", "data.dir=/data", "+task.batchsize=3"])
     OmegaConf.resolve(cfg)
-    assert cfg.job == "xlmtrain.tasks.job.finetune" and cfg.run_dir == f"runs/{recipe}" and cfg.model.init == "runs/tlm"
+    assert cfg.job == "finetune" and cfg.run_dir == f"runs/{recipe}" and cfg.model.init == "runs/tlm"
     assert "objective" not in cfg and "callbacks" not in cfg
-    assert task_settings(cfg.task).kind.endswith("classification")
-    with pytest.raises(ValueError, match=r"task: unknown key\(s\) \['batchsize'\]"):
-        task_settings(OmegaConf.create({**OmegaConf.to_container(cfg.task), "batchsize": 3}))
+    settings = finetune_settings(cfg)
+    assert settings.task.kind.endswith("classification") and settings.pretrained.path == Path("runs/tlm")
+    with pytest.raises(TypeError, match="batchsize"):
+        finetune_settings(typo)
 
 
 # ---------------------------------------------------------------- end to end
@@ -265,7 +267,7 @@ def test_finetune_recipes_compose(recipe: str) -> None:
 @pytest.fixture(scope="module")
 def tiny_pretrained(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny TLM run on the shared synthetic corpus (its run dir is a fine-tuning `model.init`)."""
-    from xlmtrain.cli.train import train
+    from xlmtrain.__main__ import run as run_job
 
     run = tmp_path_factory.mktemp("tlm")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -274,17 +276,17 @@ def tiny_pretrained(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFacto
             "data.batching.batch_size=16", "data.batching.valid_max_batches=1", "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false", "optim.optimizer.lr=3e-3", "optim.scheduler.warmup_steps=10",
             "trainer.max_steps=60", "trainer.val_check_interval=60", "resume=never"])  # fmt: skip
-    train(cfg)
+    run_job(cfg)
     return run
 
 
 def _finetune(init: Path, run: Path, recipe: str, *extra: str) -> dict:
-    from xlmtrain.tasks.job import finetune
+    from xlmtrain.__main__ import run as run_job
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("xlmtrain", overrides=[f"+recipe={recipe}", f"model.init={init}", f"run_dir={run}",
                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra])  # fmt: skip
-    return finetune(cfg)
+    return run_job(cfg)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -13,10 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
-from xlmtrain.cli.train import resolve_data, train
+from xlmtrain.__main__ import run as run_job
 from xlmtrain.data.preprocessed import PreprocessedData
 from xlmtrain.interop.load import load_model
 from xlmtrain.objectives.probe import context_accuracy
+from xlmtrain.training.run_record import read_run_record
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +45,8 @@ def _train_and_probe(recipe: str, cache_dir: Path, run_dir: Path) -> dict[str, t
                 "trainer.enable_model_summary=false",
             ],
         )
-    train(cfg)
-    data = PreprocessedData(resolve_data(cfg.data, cache_dir))
+    run_job(cfg)
+    data = PreprocessedData(read_run_record(run_dir)["data"]["resolved_dir"])
     model = load_model(run_dir / "model")
     accuracy = {
         name: tuple(context_accuracy(model, data, "io", "vo", with_context=c, **kw) for c in (False, True))

@@ -54,13 +54,13 @@ def test_synthetic_nli_with_shared_names() -> None:
 
 
 def test_nli_task_takes_the_pretraining_runs_shared_names(tmp_path: Path) -> None:
-    from xlmtrain.tasks.job import DEFAULT_SHARED_NAMES, pretraining_shared_names
+    from xlmtrain.jobs.finetune import DEFAULT_SHARED_NAMES, pretraining_shared_names
+    from xlmtrain.training.run_record import record_run
 
-    assert pretraining_shared_names(tmp_path) == DEFAULT_SHARED_NAMES == 40  # no snapshot: conf's default
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("data:\n  dir: null\n  synthetic:\n    shared_names: 0\n")
+    assert pretraining_shared_names(tmp_path) == DEFAULT_SHARED_NAMES == 40  # no run.json: conf's default
+    record_run(tmp_path, data={"dir": None, "synthetic": {"shared_names": 0}})
     assert pretraining_shared_names(tmp_path) == 0
-    (tmp_path / ".hydra" / "config.yaml").write_text("data:\n  synthetic:\n    shared_names: 12\n")
+    record_run(tmp_path, data={"synthetic": {"shared_names": 12}})
     assert pretraining_shared_names(tmp_path) == 12
 
 
@@ -74,13 +74,13 @@ def test_default_tlm_then_xnli_transfers_zero_shot_to_vo(tlm_default_run: Path, 
     from hydra import compose, initialize_config_dir
 
     from tests.conftest import CONF_DIR
-    from xlmtrain.tasks.job import finetune
+    from xlmtrain.__main__ import run as run_job
 
     quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         task = compose("xlmtrain", overrides=["+recipe=xnli", f"model.init={tlm_default_run}",
                                               f"run_dir={tmp_path / 'xnli'}", *quiet])  # fmt: skip
-    test = finetune(task)["results"]["test"]
+    test = run_job(task)["results"]["test"]
     # Chance 33.3 on 1000 balanced pairs (std 1.5): 38 is 3 standard deviations above it. Measured: see
     # recipes/xnli/README.md.
     assert test["io"][0] > 65

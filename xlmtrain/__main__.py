@@ -1,6 +1,11 @@
-"""`python -m xlmtrain ...` runs the pretraining CLI (`xlmtrain.cli.train`)."""
+"""`python -m xlmtrain ...`: Hydra config -> typed settings -> a job (`xlmtrain.cli.train`).
 
-from xlmtrain.cli.train import main
+`run(cfg)` runs the same job from a config already composed with Hydra's compose API (tests, notebooks, benchmarks);
+`pretrain_settings(cfg)` / `finetune_settings(cfg)` give a job's typed settings from such a config."""
+
+from xlmtrain.cli.train import finetune_settings, main, pretrain_settings, run
+
+__all__ = ["finetune_settings", "main", "pretrain_settings", "run"]
 
 if __name__ == "__main__":
     main()

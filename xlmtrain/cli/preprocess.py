@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xlmtrain.cli.config_dir import conf_dir
+from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.pipeline import PreprocessError, PreprocessSettings, preprocess
 
 CONF_DIR = str(conf_dir())

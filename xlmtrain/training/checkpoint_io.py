@@ -7,8 +7,8 @@ complete file or the new complete file under the checkpoint's name, plus at most
 ``.<name>.tmp-*`` file that resume discovery ignores.
 
 Reads always use ``torch.load(weights_only=True)``. Lightning checkpoints hold more than tensors:
-hyperparameters saved from Hydra are omegaconf containers, and loop/callback state uses
-``collections.defaultdict``. Those classes are allow-listed for the duration of a load through
+loop/callback state uses ``collections.defaultdict`` (hyperparameters are plain dicts: the jobs receive
+typed settings, never Hydra containers). Those classes are allow-listed for the duration of a load through
 ``torch.serialization.safe_globals`` (a context manager: nothing is added to torch's global
 allowlist). Any other global in a checkpoint is refused with torch's error naming it.
 """
@@ -24,14 +24,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import omegaconf
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from omegaconf.base import ContainerMetadata, Metadata
 
 # Classes a Lightning checkpoint of this project may reference besides tensors and primitives.
-# All are plain data containers: unpickling them runs no user code. EnumNode is left out on purpose:
-# it would reference arbitrary enum classes.
+# All are plain data containers: unpickling them runs no user code.
 SAFE_CHECKPOINT_GLOBALS: list[Any] = [
     collections.defaultdict,
     collections.OrderedDict,
@@ -45,17 +42,6 @@ SAFE_CHECKPOINT_GLOBALS: list[Any] = [
     tuple,
     set,
     pathlib.PosixPath,
-    omegaconf.DictConfig,
-    omegaconf.ListConfig,
-    Metadata,
-    ContainerMetadata,
-    omegaconf.nodes.AnyNode,
-    omegaconf.nodes.StringNode,
-    omegaconf.nodes.IntegerNode,
-    omegaconf.nodes.FloatNode,
-    omegaconf.nodes.BooleanNode,
-    omegaconf.nodes.BytesNode,
-    omegaconf.nodes.PathNode,
 ]
 
 TMP_MARKER = ".tmp-"

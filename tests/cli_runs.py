@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from xlmtrain.cli.train import read_metrics
+from xlmtrain.training.report import read_metrics
 from xlmtrain.training.resume import validated_step
 
 CLI = [sys.executable, "-m", "xlmtrain"]

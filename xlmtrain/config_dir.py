@@ -11,7 +11,7 @@ def conf_dir() -> Path:
     Hydra needs an absolute path here: a relative `config_path` in a non-`__main__` module silently
     becomes a `pkg://` path that does not exist in a checkout.
     """
-    package = Path(__file__).resolve().parent.parent
+    package = Path(__file__).resolve().parent
     for candidate in (package / "conf", package.parent / "conf"):
         if (candidate / "xlmtrain.yaml").is_file():
             return candidate

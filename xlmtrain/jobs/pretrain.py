@@ -1,0 +1,290 @@
+"""The pretraining job behind `python -m xlmtrain [+recipe=clm|mlm|tlm|mlm_tlm]`: typed settings -> setup -> fit -> report.
+
+- settings: `PretrainSettings` (built from the Hydra config by `xlmtrain/cli/train.py`, or by hand).
+- setup: resolve the data (none: generate the synthetic corpus and preprocess it into the cache; a raw folder:
+  preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/run.json`,
+  expand the streams over the data's languages, build the model config from the data's vocabulary and
+  languages, the batch sources, the Lightning module and the trainer.
+- fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`).
+- report: `<run_dir>/checkpoints/last.ckpt`, `<run_dir>/model/` (transformers XLM format, with tokenizer
+  files), `<run_dir>/training_curves.png`, and a printed summary of `<run_dir>/metrics.csv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from xlmtrain.data.pipeline import PreprocessSettings
+from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
+from xlmtrain.data.synthetic import write_corpus
+from xlmtrain.model.config import XLMConfig
+from xlmtrain.objectives.alignment import AlignmentSettings
+from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
+from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
+from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
+from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
+from xlmtrain.training.report import final_metrics, format_summary, plot_curves
+from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
+from xlmtrain.training.run_record import record_run
+
+TrainerFactory = Callable[..., pl.Trainer]
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SyntheticCorpus:
+    """`data.synthetic`: the bundled synthetic languages, generated when `data.dir` is null (conf/data/synthetic.yaml)."""
+
+    langs: tuple[str, ...]
+    n_mono: int
+    n_para: int
+    seed: int
+    shared_names: int = 0
+    """Proper names spelt the same in every language (cross-lingual anchors); 0: none."""
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """`data`: where the text comes from, how raw text is preprocessed, and how batches are cut."""
+
+    dir: Path | None
+    """Raw or preprocessed data folder; None: the synthetic corpus."""
+    synthetic: SyntheticCorpus
+    preprocess: PreprocessSettings
+    batching: BatchSettings
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Everything one pretraining run needs; the `_target_` parts (optimizer, scheduler, trainer, loggers,
+    callbacks) arrive built, as factories or objects."""
+
+    run_dir: Path
+    cache_dir: Path
+    """Where generated and preprocessed data is cached (`paths.cache_dir`)."""
+    seed: int
+    resume: str
+    """auto (newest valid checkpoint in <run_dir>/checkpoints), never, or a .ckpt path."""
+    export: bool
+    """Export <run_dir>/model/ and the training-curve plot at the end."""
+    data: DataSettings
+    model: Mapping[str, Any]
+    """`conf/model/*` sizes (XLMConfig fields); vocabulary and languages come from the data."""
+    compile: bool
+    """torch.compile the model's forward in place (state-dict keys unchanged)."""
+    streams: Sequence[Mapping[str, Any]]
+    """`objective.streams` entries; `langs: '*'` / `'*-*'` expand over the data (`expand_streams`)."""
+    masking: MaskingSettings
+    alignment: AlignmentSettings
+    """`objective.alignment`: pooling, margin, scales, gathering and XLCo's queue of the alignment streams."""
+    lg_sampling_factor: float
+    optimizer: OptimizerFactory
+    scheduler: SchedulerFactory
+    trainer: TrainerFactory
+    """`trainer(logger=..., callbacks=..., plugins=...)` -> `pl.Trainer`."""
+    loggers: list[Any] = field(default_factory=list)
+    callbacks: list[pl.Callback] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the job
+
+
+def pretrain(settings: PretrainSettings) -> dict[str, Any]:
+    """Run one pretraining job and write its outputs; returns the summary (also printed).
+
+    After a preemption (SIGUSR1/SIGTERM, see `PreemptionCallback`) it returns right after the
+    checkpoint is saved, without the final checkpoint, export or summary: `{"preempted": True, ...}`.
+    """
+    module, trainer, data = setup(settings)
+    fit(settings, module, trainer)
+    if _preempted(trainer):
+        return {"run_dir": str(settings.run_dir), "steps": trainer.global_step, "preempted": True}
+    return report(settings, module, trainer, data)
+
+
+def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
+    """The module (model, streams, batch sources), the trainer and the data of a run."""
+    pl.seed_everything(settings.seed, workers=True)
+    data = PreprocessedData(resolve_data(settings.data, settings.cache_dir))
+    specs = expand_streams(settings.streams, data)
+    config = model_config(settings.model, data)
+    dico = data.dictionary
+    common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.masking,
+                  mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
+    train = PretrainBatches(
+        specs, data, counts=dico.counts, lg_sampling_factor=settings.lg_sampling_factor, seed=settings.seed, **common
+    )
+    valid = ValidBatches(specs, data, **common)
+    module = PretrainModule(
+        config.to_dict(),
+        [{"objective": s.objective, "langs": s.langs, "lambda_": s.lambda_, "weight": s.weight} for s in specs],
+        optimizer=settings.optimizer,
+        scheduler=settings.scheduler,
+        train_batches=train,
+        valid_batches=valid,
+        alignment=settings.alignment,
+    )
+    if settings.compile:
+        module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
+    trainer = settings.trainer(
+        logger=list(settings.loggers),
+        callbacks=list(settings.callbacks),
+        plugins=[AtomicCheckpointIO(), *cluster_environment_plugins()],
+    )
+    if trainer.is_global_zero:
+        _record_data(settings, data)
+    return module, trainer, data
+
+
+def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer) -> None:
+    """Train, from the checkpoint `settings.resume` names (if any)."""
+    ckpt_path = resume_path(settings.resume, settings.run_dir / "checkpoints")
+    metrics = settings.run_dir / "metrics.csv"
+    if trainer.is_global_zero:
+        if ckpt_path is None:
+            metrics.unlink(missing_ok=True)  # a fresh run must not append to an old run's curves
+        else:
+            # Rows a killed run flushed after its last checkpoint are logged again by this run.
+            truncate_metrics_csv(metrics, validated_step(ckpt_path))
+            print(f"[xlmtrain] resuming from {ckpt_path}", flush=True)
+    trainer.fit(module, ckpt_path=ckpt_path)
+
+
+def report(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer, data: PreprocessedData) -> dict[str, Any]:
+    """Final checkpoint, export, plot and summary of a run that trained to the end."""
+    run_dir = settings.run_dir
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.global_step}
+    if trainer.is_global_zero:
+        metrics = run_dir / "metrics.csv"
+        if settings.export:
+            from xlmtrain.interop.load import save_model
+
+            model_dir = run_dir / "model"
+            save_model(module.model, model_dir, format="hf")
+            data.tokenizer().save_pretrained(model_dir)
+            summary["model"] = str(model_dir)
+            if metrics.is_file():
+                summary["plot"] = str(plot_curves(metrics, run_dir / "training_curves.png"))
+        summary.update(final_metrics(metrics))
+        print(format_summary(summary))
+    return summary
+
+
+def _preempted(trainer: pl.Trainer) -> bool:
+    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
+    return preemption is not None and preemption.preempted
+
+
+# ---------------------------------------------------------------- setup steps
+
+
+def resolve_data(settings: DataSettings, cache_dir: Path) -> Path:
+    """Return a preprocessed data folder for `settings.dir` (raw or preprocessed) or the synthetic corpus."""
+    preprocess = dataclasses.asdict(settings.preprocess)
+    if settings.dir is None:
+        return ensure_preprocessed(synthetic_corpus(settings.synthetic, cache_dir), cache_dir / "preprocessed", **preprocess)
+    directory = Path(settings.dir).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data.dir={settings.dir}: no such directory")
+    if (directory / "manifest.json").is_file():
+        return directory
+    return ensure_preprocessed(directory, cache_dir / "preprocessed", **preprocess)
+
+
+def synthetic_corpus(corpus: SyntheticCorpus, cache_dir: Path) -> Path:
+    """The raw synthetic corpus under `cache_dir/synthetic/<key>`, generated once (also when runs race for it)."""
+    described = {**dataclasses.asdict(corpus), "langs": list(corpus.langs)}
+    # shared_names=0 (the default corpus) keeps the cache key it had before the option existed.
+    hashed = {k: v for k, v in described.items() if not (k == "shared_names" and v == 0)}
+    key = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:12]
+    raw = cache_dir / "synthetic" / key
+    if not raw.is_dir():
+        # Written aside and renamed, so an interrupted generation is never mistaken for a complete one.
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=raw.parent))
+        write_corpus(tmp, langs=tuple(corpus.langs), n_mono=corpus.n_mono, n_para=corpus.n_para, seed=corpus.seed,
+                     shared_names=corpus.shared_names)  # fmt: skip
+        try:
+            os.replace(tmp, raw)
+        except OSError:
+            if not raw.is_dir():
+                raise
+            # Another run generated the same (deterministic) corpus first: use theirs.
+            shutil.rmtree(tmp)
+    return raw
+
+
+def _record_data(settings: PretrainSettings, data: PreprocessedData) -> None:
+    """`run.json`'s `data` section: the resolved data dir and the data settings, for later jobs and tools."""
+    described = dataclasses.asdict(settings.data)
+    described["dir"] = None if settings.data.dir is None else str(settings.data.dir)
+    record_run(settings.run_dir, data={**described, "resolved_dir": str(data.directory)})
+
+
+def expand_streams(streams: Sequence[Mapping[str, Any]], data: PreprocessedData) -> list[StreamSpec]:
+    """`objective.streams` entries -> `StreamSpec`s; `langs: '*'` is every monolingual language of the data,
+    `'*-*'` every parallel pair. Raises ValueError naming the entry on an unknown key or missing data."""
+    mono = [name for name in data.manifest["monolingual"]]
+    specs = []
+    for i, entry in enumerate(streams):
+        fields = dict(entry)
+        where = f"objective.streams[{i}]"
+        unknown = set(fields) - {"objective", "langs", "lambda_", "weight"}
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected objective, langs, lambda_, weight")
+        langs = str(fields.get("langs", ""))
+        choices = {"*": mono, "*-*": data.pairs}.get(langs, [langs])
+        if not choices:
+            kind = "monolingual" if langs == "*" else "parallel"
+            raise ValueError(f"{where}: langs {langs!r} but {data.directory} has no {kind} data")
+        for langs_i in choices:
+            try:
+                spec = StreamSpec(**{**fields, "langs": langs_i})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{where}: {error}") from None
+            available = data.pairs if spec.is_pair else mono
+            name = "-".join(sorted(spec.lang_list)) if spec.is_pair else spec.langs
+            if name not in available:
+                raise ValueError(f"{where}: no data for {spec.langs!r} in {data.directory} (have {available})")
+            specs.append(spec)
+    return specs
+
+
+def model_config(sizes: Mapping[str, Any], data: PreprocessedData) -> XLMConfig:
+    """`conf/model/*` sizes + the data's vocabulary size and languages."""
+    lang2id = dict(data.lang2id)
+    return XLMConfig(
+        **sizes,
+        vocab_size=len(data.dictionary),
+        n_langs=len(lang2id),
+        lang2id=lang2id,
+        id2lang={i: lang for lang, i in lang2id.items()},
+        embed_init_std=sizes["emb_dim"] ** -0.5,
+    )
+
+
+def resume_path(resume: str, ckpt_dir: Path) -> str | None:
+    """`auto`: newest valid checkpoint in `ckpt_dir` (None if none); `never`: None; else a .ckpt path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = find_resume_checkpoint(ckpt_dir)
+        return str(found) if found else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint (use auto, never or a .ckpt path)")
+    return resume
