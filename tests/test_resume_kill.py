@@ -100,7 +100,7 @@ def test_sigkill_with_alignment_streams_then_restart_is_bit_identical(synthetic_
                                                                      align_reference: Path) -> None:  # fmt: skip
     run_dir = tmp_path / "run"
     proc = start(_align_args(synthetic_prep, run_dir), tmp_path)
-    _wait_for_step(proc, run_dir, 11)
+    _wait_for_step(proc, run_dir, 11, timeout=900)  # 3 streams, 2 of them two encoder passes: slower steps
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     saved_step = validated_step(run_dir / "checkpoints" / "last.ckpt")
