@@ -22,6 +22,7 @@ from xlmtrain.model.config import XLMConfig
 from xlmtrain.objectives.alignment import AlignmentSettings
 from xlmtrain.objectives.batches import PairBatch, pair_batch
 from xlmtrain.objectives.pretrain import PretrainModule
+from xlmtrain.objectives.streams import StreamSpec
 
 
 def _batch(vocab: int, pairs: int, mean_len: int, generator: torch.Generator) -> PairBatch:
@@ -47,8 +48,8 @@ def main() -> None:
     shape = SHAPES["tiny" if args.quick else "small"]
     repeats = 3 if args.quick else args.repeats
     config = XLMConfig(vocab_size=shape.vocab, emb_dim=shape.dim, n_layers=shape.layers, n_heads=shape.heads,
-                       n_langs=2, use_lang_emb=False, dropout=0.1, attention_dropout=0.1).to_dict()  # fmt: skip
-    module = PretrainModule(config, [{"objective": "trans_rank", "langs": "en-fr"}], optimizer=torch.optim.AdamW,
+                       n_langs=2, use_lang_emb=False, dropout=0.1, attention_dropout=0.1)  # fmt: skip
+    module = PretrainModule(config, [StreamSpec("trans_rank", "en-fr")], optimizer=torch.optim.AdamW,
                             alignment=AlignmentSettings())  # fmt: skip
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.0)

@@ -74,9 +74,11 @@ class StepStats:
     peak_rss_mb: float = 0.0
 
     def tokens_per_s(self, tokens: int) -> tuple[float, float, float]:
-        """(median, min, max) tokens/s for steps of `tokens` tokens each."""
+        """(tokens / median step time, min, max) tokens/s for steps of `tokens` tokens each. The median is taken
+        over step times, so the table's tok/s and s/step agree for an even number of steps too (the median
+        of the rates would average two rates instead)."""
         rates = [tokens / s for s in self.seconds]
-        return statistics.median(rates), min(rates), max(rates)
+        return tokens / self.median_s, min(rates), max(rates)
 
     @property
     def median_s(self) -> float:

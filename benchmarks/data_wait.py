@@ -21,9 +21,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from benchlib import format_table, machine_line, peak_rss_mb
 from hydra import compose, initialize_config_dir
 
+from benchlib import format_table, machine_line, peak_rss_mb
 from xlmtrain.__main__ import pretrain_settings
 from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.preprocessed import ensure_preprocessed

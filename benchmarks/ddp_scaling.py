@@ -20,10 +20,10 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from benchlib import SHAPES, format_table, machine_line, peak_rss_mb
 from torch.nn.parallel import DistributedDataParallel
 from train_step import TrainingLoss, adamw, make_batch, model_config, xlmtrain_step
 
+from benchlib import SHAPES, format_table, machine_line, peak_rss_mb
 from xlmtrain.model.heads import XLMWithLMHead
 
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from benchlib import SHAPES, format_table, machine_line, peak_rss_mb
 
+from benchlib import SHAPES, format_table, machine_line, peak_rss_mb
 from xlmtrain.data.dictionary import N_SPECIALS
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import render, sample_meaning, write_corpus

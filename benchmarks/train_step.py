@@ -12,7 +12,7 @@ process, steps interleaved so that background load hits both alike:
   `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
 Both optimizers are fused AdamW, lr 1e-4, weight decay 0 (`--unfused-adam` to use the for-loop one on both).
 fp32 by default; `--bf16` runs both under CPU bf16 autocast; `--compile` adds a third contender, xlmtrain compiled
-(`model.compile()`, as `model.compile=true`), and the last line is then the compiled one's speedup.
+(`model.compile()`, as `compile=true`), and the last line is then the compiled one's speedup.
 
 Tokens per step = batch x slen input positions. MFU = analytic matmul FLOPs of the step (see
 `benchlib.train_step_flops`: 3 x (L * T * (24 d^2 + 4 slen d) + 2 d V * n_logits), n_logits = predicted
@@ -30,6 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from transformers import XLMConfig as HFXLMConfig
+from transformers import XLMWithLMHeadModel
+
 from benchlib import (
     SHAPES,
     Shape,
@@ -39,10 +43,6 @@ from benchlib import (
     time_interleaved,
     train_step_flops,
 )
-from torch import nn
-from transformers import XLMConfig as HFXLMConfig
-from transformers import XLMWithLMHeadModel
-
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in (SHAPES[s] for s in args.shapes.split(",")):
         config = model_config(shape)
         hf_model = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()
-        # xlmtrain eager, plus xlmtrain compiled in place (as `model.compile=true` in build) with --compile.
+        # xlmtrain eager, plus xlmtrain compiled in place (as `compile=true` in jobs/pretrain.py::setup) with --compile.
         variants = ["xlmtrain", "xlmtrain compiled"] if args.compile else ["xlmtrain"]
         xlm_models = {}
         for name in variants:
@@ -210,11 +210,15 @@ def main(argv: list[str] | None = None) -> None:
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
             steps = {
                 name: _cycle(
-                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16), batches
+                    # Defaults bind this model's loss and optimizer once, at definition (on purpose).
+                    lambda b, m=TrainingLoss(model), o=xlm_opts[name]: xlmtrain_step(m, o, b.xlm, args.bf16),  # noqa: B008
+                    batches,
                 )
                 for name, model in xlm_models.items()
             }
-            steps["transformers"] = _cycle(lambda b: transformers_step(hf_model, hf_opt, b.hf, args.bf16), batches)
+            steps["transformers"] = _cycle(
+                lambda b, m=hf_model, o=hf_opt: transformers_step(m, o, b.hf, args.bf16), batches
+            )
             stats = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats)
             peaks.append(matmul_peak_gflops())
             hf_rate = stats["transformers"].tokens_per_s(tokens)[0]

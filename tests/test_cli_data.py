@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.jobs import pretrain as pretrain_job
 from xlmtrain.jobs.pretrain import DataSettings, SyntheticCorpus
@@ -12,7 +13,7 @@ from xlmtrain.objectives.data import BatchSettings
 
 
 def _data_cfg() -> DataSettings:
-    corpus = SyntheticCorpus(langs=("io", "vo"), n_mono=5, n_para=5, seed=0)
+    corpus = SyntheticCorpus(langs=("io", "vo"), n_mono=5, n_para=5, seed=0, shared_names=0)
     return DataSettings(dir=None, synthetic=corpus, preprocess=PreprocessSettings(), batching=BatchSettings())
 
 

@@ -88,7 +88,7 @@ def test_ranks_get_their_own_dropout_stream() -> None:
     from xlmtrain.model.config import XLMConfig
     from xlmtrain.objectives.pretrain import PretrainModule
 
-    config = XLMConfig(vocab_size=30, emb_dim=8, n_layers=1, n_heads=2).to_dict()
+    config = XLMConfig(vocab_size=30, emb_dim=8, n_layers=1, n_heads=2)
     draws = {}
     for rank in (0, 1):
         torch.manual_seed(7)

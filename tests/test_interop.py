@@ -16,7 +16,6 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import xlmtrain
-
 from xlmtrain.convert import main as convert_main
 from xlmtrain.interop import CheckpointError, load_model, read_checkpoint, save_model
 from xlmtrain.model import UnsupportedFeatureError, XLMConfig, build_model
@@ -128,7 +127,7 @@ def original_checkpoint(**param_changes) -> tuple[dict, transformers.XLMWithLMHe
         "n_words": 40, "emb_dim": 32, "n_layers": 2, "n_heads": 4,
         "dropout": np.float64(0.1), "attention_dropout": torch.tensor(0.1),
         "gelu_activation": True, "sinusoidal_embeddings": False, "n_langs": 3, "use_lang_emb": True,
-        "lang2id": LANGS, "id2lang": {i: l for l, i in LANGS.items()}, "bos_index": 0, "eos_index": 1,
+        "lang2id": LANGS, "id2lang": {i: lang for lang, i in LANGS.items()}, "bos_index": 0, "eos_index": 1,
         "pad_index": 2, "unk_index": 3, "mask_index": 5, "asm": False, "use_memory": False,
         "mask_scores": np.ones(40, dtype=np.float64), "pred_probs": torch.FloatTensor([0.8, 0.1, 0.1]),
         "word_mask": np.float64(0.8), "mlm_steps": [("en", None), ("en", "fr")], "command": "python train.py",

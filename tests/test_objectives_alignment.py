@@ -261,9 +261,10 @@ def _module(objective: str, **alignment):
     from xlmtrain.model.config import XLMConfig
     from xlmtrain.objectives.pretrain import PretrainModule
 
-    config = XLMConfig(vocab_size=40, emb_dim=8, n_layers=1, n_heads=2, n_langs=2, use_lang_emb=False).to_dict()
-    streams = [{"objective": objective, "langs": "io-vo"}]
-    return PretrainModule(config, streams, optimizer=torch.optim.SGD, alignment=alignment)
+    from xlmtrain.objectives.streams import StreamSpec
+
+    config = XLMConfig(vocab_size=40, emb_dim=8, n_layers=1, n_heads=2, n_langs=2, use_lang_emb=False)
+    return PretrainModule(config, [StreamSpec(objective, "io-vo")], optimizer=torch.optim.SGD, alignment=alignment)
 
 
 def _toy_pairs(n: int = 4) -> "PairBatch":  # noqa: F821
@@ -278,8 +279,8 @@ def test_module_trans_rank_loss_is_the_pooled_encoder_loss() -> None:
     batch = _toy_pairs()
     module.eval()  # no dropout: both computations see the same network
     enc = module.model.transformer
-    src = enc.encode(batch.src_ids, lengths=batch.src_lengths).last_hidden_state[:, 0]
-    tgt = enc.encode(batch.tgt_ids, lengths=batch.tgt_lengths).last_hidden_state[:, 0]
+    src = enc.encode(batch.src_ids, lengths=batch.src_lengths, langs=batch.src_langs).last_hidden_state[:, 0]
+    tgt = enc.encode(batch.tgt_ids, lengths=batch.tgt_lengths, langs=batch.tgt_langs).last_hidden_state[:, 0]
     expected = translation_ranking_loss(src, tgt, global_rows=4, margin=0.1, scale=7.0, gather=False)
     torch.testing.assert_close(module.alignment_losses(batch, "trans_rank"), expected)
     assert module.xlco is None and module.hparams["alignment"]["margin"] == 0.1

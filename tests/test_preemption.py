@@ -17,6 +17,7 @@ from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.preemption import PreemptionCallback
 from xlmtrain.training.resume import find_resume_checkpoint, validated_step
 
+
 class SelfSignalling(pl.LightningModule):
     """Sends itself ``signum`` during training batch ``signal_at_batch`` (0-based)."""
 

@@ -112,7 +112,7 @@ def test_unknown_language_or_layout_names_the_file(raw, tmp_path, name):
 
 def test_invalid_utf8_modes(raw, tmp_path):
     (raw / "fr-en.fr").write_bytes((raw / "fr-en.fr").read_bytes().replace(b"chat", b"ch\xffat", 1))
-    bad_line = next(i for i, l in enumerate((raw / "fr-en.fr").read_bytes().split(b"\n"), 1) if b"\xff" in l)
+    bad_line = next(i for i, line in enumerate((raw / "fr-en.fr").read_bytes().split(b"\n"), 1) if b"\xff" in line)
     with pytest.raises(InvalidUTF8Error, match=rf"fr-en\.fr:{bad_line}: invalid UTF-8"):
         preprocess(raw, tmp_path / "e", _settings())
     rep = preprocess(raw, tmp_path / "r", _settings(on_invalid_utf8="replace"))["counts"]["en-fr"]

@@ -15,8 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli_runs import (checkpoint_steps, exported_weights, final_weights, resumed_from, run, start, tiny_overrides,
-                            train_rows, valid_rows)
+from tests.cli_runs import (
+    checkpoint_steps,
+    exported_weights,
+    final_weights,
+    resumed_from,
+    run,
+    start,
+    tiny_overrides,
+    train_rows,
+    valid_rows,
+)
 from xlmtrain.training.resume import validated_step
 
 MAX_STEPS, EVERY = 96, 8

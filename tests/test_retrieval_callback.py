@@ -9,13 +9,13 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
 from xlmtrain.__main__ import run as run_job
-from xlmtrain.training.report import read_metrics
 from xlmtrain.data.preprocessed import PreprocessedData
 from xlmtrain.inference.callback import RetrievalCallback
 from xlmtrain.inference.embeddings import embed_ids
 from xlmtrain.inference.loading import wrap_sentence
 from xlmtrain.inference.retrieval import retrieval_p_at_1
 from xlmtrain.interop.load import load_model
+from xlmtrain.training.report import read_metrics
 
 TINY = [
     "model.emb_dim=32",

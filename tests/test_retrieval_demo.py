@@ -19,7 +19,7 @@ from xlmtrain.inference.embeddings import embed_ids
 from xlmtrain.inference.loading import wrap_sentence
 from xlmtrain.inference.retrieval import retrieval_p_at_1
 from xlmtrain.interop.load import load_model
-from xlmtrain.training.run_record import read_run_record
+from xlmtrain.training.run_data import read_run_data
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ CALLBACK_CONF = Path(__file__).resolve().parent.parent / "conf" / "callbacks" / 
 def _p_at_1(run_dir: Path, cache_dir: Path) -> tuple[float, float]:
     """(io->vo, vo->io) P@1 (%) on the first 500 io-vo valid pairs with the callback's default embedding."""
     conf = OmegaConf.load(CALLBACK_CONF).retrieval
-    data = PreprocessedData(read_run_record(run_dir)["data"]["resolved_dir"])
+    data = PreprocessedData(read_run_data(run_dir)["resolved_dir"])
     model = load_model(run_dir / "model")
     sides = []
     for lang, corpus in zip(("io", "vo"), data.parallel("valid", "io", "vo")):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from slurm_harness import REPO, LocalSlurm, local_slurm  # noqa: F401 (fixture)
 
-from tests.conftest import CONF_DIR
 from tests.cli_runs import CLI, checkpoint_steps, exported_weights, resumed_from, tiny_overrides, train_rows
+from tests.conftest import CONF_DIR
 from xlmtrain.training.resume import validated_step
 
 pytestmark = pytest.mark.slurm
@@ -21,9 +21,11 @@ FIT_LOCAL = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=00
 
 
 def test_templates_are_shipped() -> None:
-    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch"}
+    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch",
+                                           "preprocess_array.sbatch"}
 
 
+@pytest.mark.slow  # needs the local SLURM, which the fixture installs with apt as root: not in `make test`
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)
 def test_template_passes_sbatch_test_only(local_slurm: LocalSlurm, template: Path) -> None:
     result = local_slurm.run("sbatch", "--test-only", *FIT_LOCAL, str(template), "+recipe=tlm", check=False)

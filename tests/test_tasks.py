@@ -248,16 +248,17 @@ def test_synthetic_nli_semantics() -> None:
 @pytest.mark.parametrize("recipe", ["xnli", "token_classification"])
 def test_finetune_recipes_compose(recipe: str) -> None:
     from xlmtrain.__main__ import finetune_settings
+    from xlmtrain.settings import SettingsError
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("xlmtrain", overrides=[f"+recipe={recipe}", "data.dir=/data"])
-        typo = compose("xlmtrain", overrides=[f"+recipe={recipe}", "data.dir=/data", "+task.batchsize=3"])
+        cfg = compose("xlmtrain", overrides=[f"+recipe={recipe}", "task.data_dir=/data"])
+        typo = compose("xlmtrain", overrides=[f"+recipe={recipe}", "task.data_dir=/data", "+task.batchsize=3"])
     OmegaConf.resolve(cfg)
-    assert cfg.job == "finetune" and cfg.run_dir == f"runs/{recipe}" and cfg.model.init == "runs/tlm"
+    assert cfg.job == "finetune" and cfg.run_dir == f"runs/{recipe}" and cfg.pretrained.path == "runs/tlm"
     assert "objective" not in cfg and "callbacks" not in cfg
     settings = finetune_settings(cfg)
     assert settings.task.kind.endswith("classification") and settings.pretrained.path == Path("runs/tlm")
-    with pytest.raises(TypeError, match="batchsize"):
+    with pytest.raises(SettingsError, match=r"^task\.batchsize: unknown key \(expected one of kind, data_dir, "):
         finetune_settings(typo)
 
 
@@ -266,7 +267,7 @@ def test_finetune_recipes_compose(recipe: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_pretrained(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny TLM run on the shared synthetic corpus (its run dir is a fine-tuning `model.init`)."""
+    """A tiny TLM run on the shared synthetic corpus (its run dir is a fine-tuning `pretrained.path`)."""
     from xlmtrain.__main__ import run as run_job
 
     run = tmp_path_factory.mktemp("tlm")
@@ -284,7 +285,7 @@ def _finetune(init: Path, run: Path, recipe: str, *extra: str) -> dict:
     from xlmtrain.__main__ import run as run_job
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("xlmtrain", overrides=[f"+recipe={recipe}", f"model.init={init}", f"run_dir={run}",
+        cfg = compose("xlmtrain", overrides=[f"+recipe={recipe}", f"pretrained.path={init}", f"run_dir={run}",
                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra])  # fmt: skip
     return run_job(cfg)
 
@@ -297,8 +298,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
     run = tmp_path / "xnli"
-    summary = _finetune(tiny_pretrained, run, "xnli", "data.synthetic.n_train=200", "data.synthetic.n_valid=40",
-                        "data.synthetic.n_test=60", "trainer.max_epochs=2", "task.batch_size=16")  # fmt: skip
+    summary = _finetune(tiny_pretrained, run, "xnli", "task.synthetic.n_train=200", "task.synthetic.n_valid=40",
+                        "task.synthetic.n_test=60", "trainer.max_epochs=2", "task.batch_size=16")  # fmt: skip
     rows = _rows(run / "results.csv")
     assert list(rows[0]) == ["lang", "split", "accuracy", "n"]
     assert [(r["lang"], r["split"], r["n"]) for r in rows] == [
@@ -328,7 +329,7 @@ def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) 
             lines += [f"{w}\t{'O' if w == '.' else 'B-W'}" for w in words] + [""]
         (data / f"{split}.{lang}.conll").write_text("\n".join(lines) + "\n")
     run = tmp_path / "tag"
-    _finetune(tiny_pretrained, run, "token_classification", f"data.dir={data}", "task.train_langs=[io]",
+    _finetune(tiny_pretrained, run, "token_classification", f"task.data_dir={data}", "task.train_langs=[io]",
               "trainer.max_epochs=1", "optim.optimizer.lr=1e-3")  # fmt: skip
     rows = _rows(run / "results.csv")
     assert [(r["lang"], r["split"]) for r in rows] == [("io", "valid"), ("vo", "valid"), ("avg", "valid"), ("vo", "test"), ("avg", "test")]

@@ -17,7 +17,7 @@ from xlmtrain.__main__ import run as run_job
 from xlmtrain.data.preprocessed import PreprocessedData
 from xlmtrain.interop.load import load_model
 from xlmtrain.objectives.probe import context_accuracy
-from xlmtrain.training.run_record import read_run_record
+from xlmtrain.training.run_data import read_run_data
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def _train_and_probe(recipe: str, cache_dir: Path, run_dir: Path) -> dict[str, t
             ],
         )
     run_job(cfg)
-    data = PreprocessedData(read_run_record(run_dir)["data"]["resolved_dir"])
+    data = PreprocessedData(read_run_data(run_dir)["resolved_dir"])
     model = load_model(run_dir / "model")
     accuracy = {
         name: tuple(context_accuracy(model, data, "io", "vo", with_context=c, **kw) for c in (False, True))

@@ -55,12 +55,12 @@ def test_synthetic_nli_with_shared_names() -> None:
 
 def test_nli_task_takes_the_pretraining_runs_shared_names(tmp_path: Path) -> None:
     from xlmtrain.jobs.finetune import DEFAULT_SHARED_NAMES, pretraining_shared_names
-    from xlmtrain.training.run_record import record_run
+    from xlmtrain.training.run_data import write_run_data
 
-    assert pretraining_shared_names(tmp_path) == DEFAULT_SHARED_NAMES == 40  # no run.json: conf's default
-    record_run(tmp_path, data={"dir": None, "synthetic": {"shared_names": 0}})
+    assert pretraining_shared_names(tmp_path) == DEFAULT_SHARED_NAMES == 40  # no data.json: conf's default
+    write_run_data(tmp_path, {"dir": None, "synthetic": {"shared_names": 0}})
     assert pretraining_shared_names(tmp_path) == 0
-    record_run(tmp_path, data={"synthetic": {"shared_names": 12}})
+    write_run_data(tmp_path, {"synthetic": {"shared_names": 12}})
     assert pretraining_shared_names(tmp_path) == 12
 
 
@@ -78,7 +78,7 @@ def test_default_tlm_then_xnli_transfers_zero_shot_to_vo(tlm_default_run: Path, 
 
     quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        task = compose("xlmtrain", overrides=["+recipe=xnli", f"model.init={tlm_default_run}",
+        task = compose("xlmtrain", overrides=["+recipe=xnli", f"pretrained.path={tlm_default_run}",
                                               f"run_dir={tmp_path / 'xnli'}", *quiet])  # fmt: skip
     test = run_job(task)["results"]["test"]
     # Chance 33.3 on 1000 balanced pairs (std 1.5): 38 is 3 standard deviations above it. Measured: see

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xlmtrain.cli.model_args import add_model_arguments, load_from_args, run
 from xlmtrain.inference.embeddings import POOLINGS, embed_file
+from xlmtrain.training.outputs import atomic_output_file, check_output
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,19 +27,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer", type=int, default=-1, help="-1 = last block, 0 = embedding output, i = block i")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
     parser.add_argument("--chunk-lines", type=int, default=20000, help="lines read (and sorted) at a time")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def embed_command(args: argparse.Namespace) -> None:
-    """Embed the file and print what was written."""
+    """Embed the file and print what was written. The output is refused before any work if it is an input
+    (the text, the model, its tokenizer or codes) or exists without `--overwrite`; it is written aside and
+    moved into place when complete."""
     if not args.input.is_file():
         raise FileNotFoundError(f"{args.input}: --input file not found")
+    check_output(args.output, [args.input, args.model, args.tokenizer, args.codes], overwrite=args.overwrite,
+                 option="--output")  # fmt: skip
     model = load_from_args(args)
-    stats = embed_file(
-        model, args.input, args.lang, args.output, pooling=args.pooling, layer=args.layer,
-        batch_size=args.batch_size, chunk_lines=args.chunk_lines, progress=not args.no_progress,
-    )
+    with atomic_output_file(args.output) as tmp:
+        stats = embed_file(
+            model, args.input, args.lang, tmp, pooling=args.pooling, layer=args.layer,
+            batch_size=args.batch_size, chunk_lines=args.chunk_lines, progress=not args.no_progress,
+        )
     stats.warn(str(args.input), model.max_len)
     print(
         f"wrote {stats.lines} x {model.model.config.emb_dim} embeddings to {args.output} "

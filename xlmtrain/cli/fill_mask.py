@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from xlmtrain.cli.model_args import add_model_arguments, load_from_args, run
-from xlmtrain.inference.textio import read_lines
 from xlmtrain.inference.masked_lm import MaskPrediction, encode_masked, fill_masks
+from xlmtrain.inference.textio import read_lines
 
 log = logging.getLogger(__name__)
 

@@ -1,35 +1,44 @@
-"""`python -m xlmtrain.preprocess input=DIR output=DIR [knob=value ...]`: see conf/preprocess.yaml."""
+"""`python -m xlmtrain.preprocess input=DIR output=DIR [knob=value ...]`: see conf/preprocess.yaml.
+
+Sharded: `step=learn`, then `shard=I/N` for I in 0..N-1 (anywhere that sees the same paths), then `step=merge`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xlmtrain.config_dir import conf_dir
-from xlmtrain.data.pipeline import PreprocessError, PreprocessSettings, preprocess
+from xlmtrain.data.pipeline import PreprocessSettings, preprocess
 
 CONF_DIR = str(conf_dir())
 
 
 @hydra.main(config_path=CONF_DIR, config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Run the preprocessor; bad input exits with a one-line error."""
+    """Run the preprocessor (or one step of a sharded build); bad input exits 2 with a one-line error."""
     knobs = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(knobs, dict)
-    input_dir, output_dir, force = knobs.pop("input"), knobs.pop("output"), knobs.pop("force")
+    input_dir, output_dir = knobs.pop("input"), knobs.pop("output")
+    force, step, shard = knobs.pop("force"), knobs.pop("step"), knobs.pop("shard")
     start = time.perf_counter()
     try:
-        manifest = preprocess(input_dir, output_dir, PreprocessSettings(**knobs), force=force)
-    except (PreprocessError, ValueError, ImportError) as err:
-        sys.exit(f"error: {err}")
+        manifest = preprocess(input_dir, output_dir, PreprocessSettings(**knobs), force=force, step=step,
+                              shard=None if shard is None else str(shard))  # fmt: skip
+    except (ValueError, ImportError, OSError) as err:  # PreprocessError and the others name the file/setting
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    elapsed = time.perf_counter() - start
+    if "counts" not in manifest:
+        print(f"{manifest['step']} done in {elapsed:.1f}s: {manifest['output']}")
+        return
     counts = {name: c["sentences"] for name, c in manifest["counts"].items()}
     print(f"{output_dir}: {len(manifest['languages'])} languages, vocab {manifest['vocab_size']}, "
-          f"{time.perf_counter() - start:.1f}s; sentences {json.dumps(counts)}")  # fmt: skip
+          f"{elapsed:.1f}s; sentences {json.dumps(counts)}")  # fmt: skip
 
 
 if __name__ == "__main__":

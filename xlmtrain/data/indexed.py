@@ -6,17 +6,23 @@ A corpus `prefix` is three files:
 - `prefix.tokens`: the flat token ids, every sentence followed by `</s>` (id 1): `s1 </s> s2 </s> ...`;
   dtype uint16 when the vocabulary has fewer than 65,536 words, else int32 (XLM's rule);
 - `prefix.offsets`: int64, `n_sentences + 1` entries; sentence i is `tokens[offsets[i] : offsets[i+1] - 1]`.
+
+A corpus merged from shards (version 2) has no `prefix.tokens`: its header lists `parts`, the prefixes (relative
+to the header's folder) of the shards' corpora whose token files, in order, make up its token stream, and its
+`prefix.offsets` indexes that stream. Readers see one corpus either way.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 FORMAT = "xlmtrain-indexed"
 VERSION = 1
+PARTS_VERSION = 2
 EOS_INDEX = 1
 
 
@@ -78,15 +84,24 @@ class IndexedCorpus:
         header_path = Path(f"{prefix}.json")
         if not header_path.is_file():
             raise FileNotFoundError(f"{header_path}: no corpus header (is {prefix} a preprocessed corpus?)")
-        header = json.loads(header_path.read_text())
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
+        try:
+            header = json.loads(header_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{header_path}: corrupt corpus header, not valid JSON ({err})") from None
+        if header.get("format") != FORMAT or header.get("version") not in (VERSION, PARTS_VERSION):
             raise ValueError(
                 f"{header_path}: format {header.get('format')!r} version {header.get('version')!r}, "
-                f"expected {FORMAT!r} version {VERSION}"
+                f"expected {FORMAT!r} version {VERSION} or {PARTS_VERSION}"
             )
         self.header = header
         n, t = header["n_sentences"], header["n_tokens"]
-        self.tokens = self._map(f"{prefix}.tokens", header["dtype"], t)
+        if "parts" in header:
+            parts = [IndexedCorpus(header_path.parent / p) for p in header["parts"]]
+            self.tokens = PartTokens([part.tokens for part in parts], header["dtype"])
+            if len(self.tokens) != t:
+                raise ValueError(f"{header_path}: parts hold {len(self.tokens)} tokens, header says {t}")
+        else:
+            self.tokens = self._map(f"{prefix}.tokens", header["dtype"], t)
         self.offsets = self._map(f"{prefix}.offsets", "int64", n + 1)
 
     @staticmethod
@@ -122,3 +137,71 @@ class IndexedCorpus:
 
     def __repr__(self) -> str:
         return f"IndexedCorpus({str(self.prefix)!r}, sentences={len(self)}, tokens={self.n_tokens})"
+
+
+class PartTokens:
+    """The token streams of several corpora read as one: slicing (step 1) and `np.asarray` like an array,
+    copying only the slice asked for."""
+
+    def __init__(self, parts: list[np.ndarray], dtype: str) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.dtype = np.dtype(dtype)
+        self.starts = np.cumsum([0, *(len(p) for p in self.parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("PartTokens supports contiguous slices only")
+            if hi <= lo:
+                return np.zeros(0, dtype=self.dtype)
+            first = int(np.searchsorted(self.starts, lo, side="right")) - 1
+            pieces = []
+            k = first
+            while k < len(self.parts) and self.starts[k] < hi:
+                a, b = max(lo, self.starts[k]) - self.starts[k], min(hi, self.starts[k + 1]) - self.starts[k]
+                pieces.append(self.parts[k][a:b])
+                k += 1
+            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        i = int(key) + (len(self) if key < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"token {key} out of range for {len(self)} tokens")
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - self.starts[k]]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def write_parts_header(prefix: str | Path, parts: list[IndexedCorpus]) -> None:
+    """Make `prefix` the concatenation of `parts` (same dtype) without copying their tokens: a version-2
+    header naming them (relative paths) and one offsets file, written block by block."""
+    prefix = Path(prefix)
+    dtypes = {p.header["dtype"] for p in parts}
+    if len(dtypes) > 1:
+        raise ValueError(f"{prefix}: parts of different dtypes {sorted(dtypes)}")
+    n_tokens = n_sentences = 0
+    with open(f"{prefix}.offsets", "wb") as f:
+        f.write(np.zeros(1, dtype=np.int64).tobytes())
+        for part in parts:
+            for lo in range(1, len(part.offsets), 1 << 20):
+                f.write((np.asarray(part.offsets[lo : lo + (1 << 20)]) + n_tokens).tobytes())
+            n_tokens += part.n_tokens
+            n_sentences += len(part)
+    header = {
+        "format": FORMAT,
+        "version": PARTS_VERSION,
+        "dtype": dtypes.pop() if dtypes else "uint16",
+        "n_sentences": n_sentences,
+        "n_tokens": n_tokens,
+        "parts": [os.path.relpath(p.prefix, prefix.parent) for p in parts],
+    }
+    Path(f"{prefix}.json").write_text(json.dumps(header, indent=1) + "\n")

@@ -1,25 +1,42 @@
-"""The preprocessor: a folder of raw text -> BPE codes, vocabulary, memory-mapped corpora, manifest, tokenizer.
+"""The preprocessor: a folder of corpora -> BPE codes, vocabulary, memory-mapped corpora, manifest, tokenizer.
 
-Input layout: monolingual `DIR/<lang>.txt`; parallel line-aligned `DIR/<l1>-<l2>.<l1>` + `DIR/<l1>-<l2>.<l2>`.
-Steps: (1) scan every file once (line counts, chunk offsets, content hashes); (2) in `workers` processes,
-Moses-tokenise each chunk to a words file and count train words; (3) learn BPE codes jointly over all train
-words; (4) build the vocabulary from the BPE'd train word counts; (5) in `workers` processes, BPE + id-map each
-chunk; (6) concatenate chunks into `{split}.{lang}` / `{split}.{l1}-{l2}.{lang}` corpora (l1 < l2); (7) write
-`hf_tokenizer/` and, last, `manifest.json`. Work happens in `OUTPUT/.build/`, removed at the end.
+Inputs (`inputs.py`): raw text (`<lang>.txt`, `<l1>-<l2>.<l1>` + `.<l2>`), JSON lines, Parquet and `datasets`
+folders. The steps, each a function below:
+1. `plan_build`: discover the sources and scan each once (row counts, chunk start positions, content hashes),
+   draw the held-out rows, cut the work into jobs of `chunk_lines` rows, compute the build key.
+2. `learn_codes_and_vocab`: tokenise the BPE sample in `workers` processes (the first rows of every block of
+   1000 rows: about `bpe_sample_mb` MB of input spread over all of it; everything when the input is smaller),
+   learn BPE codes on its train words, and build the vocabulary from the BPE pieces of those words (or take
+   the given `codes` / `vocab` files).
+3. `binarize_jobs`: in `workers` processes, tokenise (sample rows: read back from step 2), BPE and id-map every
+   job; a job's stats file, written last and atomically, marks it done, so a killed run continues from its
+   finished jobs.
+4. `write_corpora`: concatenate the job arrays into `{split}.{lang}` / `{split}.{l1}-{l2}.{lang}` (l1 < l2).
+5. `write_manifest`: `hf_tokenizer/` and, last, `manifest.json`.
+Work happens in `OUTPUT/.build/` (tagged with the build key, removed at the end). Memory stays bounded: every
+step streams its input; what is held is one job's rows, the sample's word counts and the vocabulary.
 
-Held-out lines: for each input (file or pair), `valid_lines + test_lines` distinct line numbers are drawn with
-`numpy.random.default_rng([split_seed, crc32(input name)])`; the first `valid_lines` draws are valid, the rest
-test; everything else is train. The choice depends only on the line count, the seed and the name.
+Sharded (`step=learn`, then `shard=I/N` for every I, possibly on other machines sharing OUTPUT, then
+`step=merge`): step 2 runs once; shard I runs steps 3-4 for the I-th of N contiguous ranges of jobs into
+`OUTPUT/shards/I-of-N/`; the merge writes, per corpus, a header listing the shards' token files and one offsets
+file (no copy of the token data), then the manifest. The ids equal those of a one-process build.
+
+Held-out rows: for each source, `valid_lines + test_lines` distinct row numbers are drawn with
+`numpy.random.default_rng([split_seed, crc32(source name)])`; the first `valid_lines` draws are valid, the rest
+test; everything else is train. The choice depends only on the row count, the seed and the name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
+import math
 import multiprocessing
 import multiprocessing.pool
+import os
 import re
 import shutil
 import zlib
@@ -30,25 +47,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 from tqdm import tqdm
 
-from xlmtrain.data import binarize
-from xlmtrain.data.binarize import SPLITS, Job
+from xlmtrain.data.binarize import (
+    SAMPLE_BLOCK,
+    SPLITS,
+    BinarizeArgs,
+    BinarizeStats,
+    Job,
+    TokenizeStats,
+    binarize_job,
+    read_stats,
+    sample_job,
+    stats_dict,
+    stats_from_dict,
+)
 from xlmtrain.data.bpe import BPE, learn_bpe, write_codes
-from xlmtrain.data.dictionary import Dictionary
+from xlmtrain.data.dictionary import Dictionary, VocabError
 from xlmtrain.data.indexed import VERSION as INDEXED_VERSION
-from xlmtrain.data.indexed import IndexedCorpusWriter
-from xlmtrain.data.languages import check_language
+from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter, write_parts_header
+from xlmtrain.data.inputs import Columns, PreprocessError, Scan, Source, discover, scan
 from xlmtrain.data.tokenizer import XLMTokenizer
 
-MANIFEST_VERSION = 1
-_MONO = re.compile(r"^([a-z][a-z_]*)\.txt$")
-_PARA = re.compile(r"^([a-z][a-z_]*)-([a-z][a-z_]*)\.([a-z][a-z_]*)$")
-
-
-class PreprocessError(ValueError):
-    """Bad input or an output directory that cannot be (re)used."""
+MANIFEST_VERSION = 2
+STEPS = ("all", "learn", "merge")
+_SHARD = re.compile(r"^(\d+)/(\d+)$")
 
 
 @dataclass
@@ -57,10 +80,18 @@ class PreprocessSettings:
 
     bpe_merges: int = 30000
     """(output) Number of BPE merges to learn."""
+    bpe_sample_mb: float = 64.0
+    """(output) MB of input (file bytes) the codes and vocabulary are learned on: the first rows of every block
+    of 1000 rows, spread over the whole input (0: learn on everything). Inputs up to this size are learned on
+    entirely; vocabulary counts (and `min_count`) are counts in the sample."""
+    codes: str | None = None
+    """(output, by content) fastBPE codes to use instead of learning them."""
+    vocab: str | None = None
+    """(output, by content) XLM vocabulary (`word count` lines) to use with `codes` instead of building one."""
     lowercase_and_strip_accents: bool = False
     """(output) XLM-15 style lowercasing + accent stripping after tokenisation."""
     min_count: int = 0
-    """(output) Keep only vocabulary words seen at least this many times in train (0: keep all)."""
+    """(output) Keep only vocabulary words seen at least this many times in the sample (0: keep all)."""
     max_vocab: int = 0
     """(output) Keep only ids below this, specials included (0: no limit); rarer words become `<unk>`."""
     valid_lines: int = 5000
@@ -75,6 +106,10 @@ class PreprocessSettings:
     """(output) `truncate` or `drop` (a pair is dropped as a whole) sentences over `max_len`."""
     on_invalid_utf8: str = "error"
     """(output) `error` (name file:line), `replace` (U+FFFD) or `skip` (drop the line/pair), counted."""
+    text_column: str = "text"
+    """(output) Column of monolingual JSON lines / Parquet / `datasets` inputs."""
+    pair_column: str = "LANG"
+    """(output) Columns of parallel table inputs, `LANG` replaced by each language code."""
     workers: int = 2
     """Processes for tokenisation and binarisation (1: in-process)."""
     chunk_lines: int = 20000
@@ -85,6 +120,8 @@ class PreprocessSettings:
     def __post_init__(self) -> None:
         checks = {
             "bpe_merges": self.bpe_merges >= 0,
+            "bpe_sample_mb": self.bpe_sample_mb >= 0,
+            "vocab": self.vocab is None or self.codes is not None,
             "min_count": self.min_count >= 0,
             "max_vocab": self.max_vocab == 0 or self.max_vocab >= 15,
             "valid_lines": self.valid_lines >= 0,
@@ -97,86 +134,89 @@ class PreprocessSettings:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise PreprocessError(f"invalid setting {bad[0]}={getattr(self, bad[0])!r}")
+            hint = " (a vocab needs the codes it was built with: give codes= too)" if bad[0] == "vocab" else ""
+            raise PreprocessError(f"invalid setting {bad[0]}={getattr(self, bad[0])!r}{hint}")
 
     def output_settings(self) -> dict[str, Any]:
-        """The settings that change the output (the cache key's part)."""
+        """The settings that change the output (the cache key's part; given files by content hash)."""
         skip = {"workers", "chunk_lines", "progress"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        for name in ("codes", "vocab"):
+            if out[name] is not None:
+                out[name] = _file_hash(Path(out[name]), name)
+        return out
+
+
+def _file_hash(path: Path, setting: str) -> str:
+    if not path.is_file():
+        raise PreprocessError(f"{setting}={path}: no such file")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+JobStats = tuple[TokenizeStats, BinarizeStats]
 
 
 @dataclass
-class Source:
-    """One monolingual file (`langs=[lang]`) or one parallel pair (`langs=[l1, l2]`, l1 < l2)."""
+class BuildPlan:
+    """What a build reads and does: sources, their scans, the jobs (in source order), the build key."""
 
-    name: str  # "en" or "en-fr"
-    langs: list[str]
-    paths: list[Path]
+    input_dir: Path
+    settings: PreprocessSettings
+    sources: list[Source]
+    scans: dict[str, Scan]
+    jobs: list[Job]
+    key: str
 
-    def corpus_name(self, split: str, side: int) -> str:
-        if len(self.langs) == 1:
-            return f"{split}.{self.name}"
-        return f"{split}.{self.name}.{self.langs[side]}"
-
-
-def discover(input_dir: Path) -> list[Source]:
-    """The inputs of `input_dir` in name order. Raises PreprocessError naming the file for an unknown layout,
-    an unknown language code, a parallel file without its other side, or a pair given in both orders."""
-    if not input_dir.is_dir():
-        raise PreprocessError(f"input={input_dir} is not a directory")
-    mono: list[Source] = []
-    sides: dict[tuple[str, str], dict[str, Path]] = {}
-    for path in sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if m := _MONO.match(path.name):
-            check_language(m[1], str(path))
-            mono.append(Source(m[1], [m[1]], [path]))
-        elif m := _PARA.match(path.name):
-            l1, l2, lang = m[1], m[2], m[3]
-            for code in (l1, l2):
-                check_language(code, str(path))
-            if lang not in (l1, l2) or l1 == l2:
-                raise PreprocessError(f"{path}: a parallel file must be named <l1>-<l2>.<l1> or <l1>-<l2>.<l2>")
-            sides.setdefault((l1, l2), {})[lang] = path
-        else:
-            raise PreprocessError(
-                f"{path}: not an input file (expected <lang>.txt or <l1>-<l2>.<l1> / <l1>-<l2>.<l2>)"
-            )
-    para: dict[str, Source] = {}
-    for (l1, l2), files in sides.items():
-        for lang in (l1, l2):
-            if lang not in files:
-                other = next(iter(files.values()))
-                raise PreprocessError(f"{other}: missing the other side {input_dir / f'{l1}-{l2}.{lang}'}")
-        a, b = sorted((l1, l2))
-        name = f"{a}-{b}"
-        if name in para:
-            raise PreprocessError(f"{files[l1]}: pair {a}-{b} is given twice (as {l1}-{l2} and {l2}-{l1})")
-        para[name] = Source(name, [a, b], [files[a], files[b]])
-    sources = mono + [para[k] for k in sorted(para)]
-    if not sources:
-        raise PreprocessError(f"input={input_dir}: no <lang>.txt or <l1>-<l2>.<lang> files")
-    return sources
+    def jobs_of(self, source: Source, jobs: Iterable[Job] | None = None) -> list[Job]:
+        return [j for j in (self.jobs if jobs is None else jobs) if j.source.name == source.name]
 
 
-def scan_file(path: Path, chunk_lines: int) -> tuple[int, list[int], str]:
-    """Line count (a last line without newline counts), byte offset of every `chunk_lines`-th line, xxh3 hash."""
-    offsets, n, pos = [0], 0, 0
-    hasher = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        for line in f:
-            hasher.update(line)
-            n += 1
-            pos += len(line)
-            if n % chunk_lines == 0:
-                offsets.append(pos)
-    return n, offsets, hasher.hexdigest()
+def build_key(settings: PreprocessSettings, hashes: dict[str, str]) -> str:
+    """THE key of a build: output settings, input content hashes, manifest and corpus format versions."""
+    blob = json.dumps(
+        {"settings": settings.output_settings(), "inputs": hashes, "manifest": MANIFEST_VERSION,
+         "indexed": INDEXED_VERSION}, sort_keys=True)  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan_build(input_dir: str | Path, settings: PreprocessSettings) -> BuildPlan:
+    """Step 1: scan every input once and cut the work into jobs. Raises PreprocessError naming
+    the file (layout, language code, lengths of a pair, columns, too few rows for the held-out splits)."""
+    s, input_dir = settings, Path(input_dir)
+    sources = discover(input_dir, Columns(s.text_column, s.pair_column))
+    scans = {src.name: scan(src, s.chunk_lines) for src in sources}
+    hashes = {name: h for sc in scans.values() for name, h in sc.hashes.items()}
+    per_block = _sample_per_block(s.bpe_sample_mb, sum(_size(p) for src in sources for p in src.paths))
+    jobs: list[Job] = []
+    for src in sources:
+        sc = scans[src.name]
+        valid, test = _held_out(src, sc.n_lines, s)
+        for c in range(len(sc.starts[0])):
+            lo, hi = c * s.chunk_lines, min((c + 1) * s.chunk_lines, sc.n_lines)
+            if hi > lo:
+                jobs.append(Job(len(jobs), src, tuple(st[c] for st in sc.starts), lo, hi - lo,
+                                _in_range(valid, lo, hi), _in_range(test, lo, hi), per_block))  # fmt: skip
+    return BuildPlan(input_dir, s, sources, scans, jobs, build_key(s, hashes))
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _sample_per_block(sample_mb: float, input_bytes: int) -> int:
+    """Rows of every block of SAMPLE_BLOCK rows that are in the BPE sample."""
+    if sample_mb <= 0 or input_bytes <= sample_mb * 1e6:
+        return SAMPLE_BLOCK
+    return max(1, math.ceil(SAMPLE_BLOCK * sample_mb * 1e6 / input_bytes))
 
 
 def _held_out(source: Source, n_lines: int, s: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
     n_held = s.valid_lines + s.test_lines
     if n_held and n_lines <= n_held:
         raise PreprocessError(
-            f"{source.paths[0]}: {n_lines} lines, but valid_lines + test_lines = {n_held} must leave train lines"
+            f"{source.paths[0]}: {n_lines} lines, but valid_lines + test_lines = {n_held} must leave train lines; "
+            f"set smaller held-out sizes (preprocess CLI: valid_lines=N test_lines=N; training CLI: "
+            f"data.preprocess.valid_lines=N data.preprocess.test_lines=N)"
         )
     rng = np.random.default_rng([s.split_seed, zlib.crc32(source.name.encode())])
     picked = rng.choice(n_lines, size=n_held, replace=False) if n_held else np.zeros(0, dtype=np.int64)
@@ -191,53 +231,196 @@ def _in_range(sorted_ids: np.ndarray, lo: int, hi: int) -> frozenset[int]:
 def _pool(workers: int, n_jobs: int) -> Iterator[multiprocessing.pool.Pool | None]:
     """One process pool for both worker passes (a spawned worker pays ~0.5 s CPU of imports); None means
     run in-process."""
-    if workers == 1 or n_jobs == 1:
+    if workers == 1 or n_jobs <= 1:
         yield None
         return
     with multiprocessing.get_context("spawn").Pool(min(workers, n_jobs)) as pool:
         yield pool
 
 
-def _run(fn: Callable, jobs: list, pool: multiprocessing.pool.Pool | None, desc: str, progress: bool) -> list:
-    """`[fn(job) for job in jobs]`, in `pool` (or in-process), in job order, with a progress bar."""
+def _each(fn: Callable, jobs: list, pool: multiprocessing.pool.Pool | None, desc: str, progress: bool) -> Iterator:
+    """`fn(job)` for every job, in `pool` (or in-process), yielded in job order as they finish."""
     bar = tqdm(total=len(jobs), desc=desc, unit="chunk", disable=not progress)
-    results = []
     for result in (map if pool is None else pool.imap)(fn, jobs):
-        results.append(result)
         bar.update()
+        yield result
     bar.close()
-    return results
 
 
-class _Tokenize:
-    def __init__(self, s: PreprocessSettings) -> None:
-        self.lowercase, self.on_invalid = s.lowercase_and_strip_accents, s.on_invalid_utf8
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created), held for the block; others wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
-    def __call__(self, job: Job) -> binarize.TokenizeStats:
-        return binarize.tokenize_job(job, self.lowercase, self.on_invalid)
+
+class _Sample:
+    def __init__(self, work: Path, s: PreprocessSettings) -> None:
+        self.args = (str(work), s.lowercase_and_strip_accents, s.on_invalid_utf8)
+
+    def __call__(self, job: Job) -> Counter[str]:
+        return sample_job(job, *self.args)
 
 
 class _Binarize:
-    def __init__(self, codes: Path, vocab: Path, dtype: str, s: PreprocessSettings) -> None:
-        self.args = (str(codes), str(vocab), dtype, s.max_len, s.long_lines)
+    def __init__(self, args: BinarizeArgs) -> None:
+        self.args = args
 
-    def __call__(self, job: Job) -> binarize.BinarizeStats:
-        return binarize.binarize_job(job, *self.args)
+    def __call__(self, job: Job) -> tuple[TokenizeStats, BinarizeStats]:
+        return binarize_job(job, self.args)
 
 
-def _cache_key(settings: PreprocessSettings, hashes: dict[str, str]) -> str:
-    blob = json.dumps(
-        {"settings": settings.output_settings(), "inputs": hashes, "manifest": MANIFEST_VERSION,
-         "indexed": INDEXED_VERSION}, sort_keys=True)  # fmt: skip
-    return hashlib.sha256(blob.encode()).hexdigest()
+def learn_codes_and_vocab(plan: BuildPlan, work: Path, pool: multiprocessing.pool.Pool | None) -> Dictionary:
+    """Step 2: `work/codes` and `work/vocab.txt` (each written atomically; kept when both are there)."""
+    s = plan.settings
+    codes, vocab = work / "codes", work / "vocab.txt"
+    if codes.is_file() and vocab.is_file():
+        return Dictionary.read_vocab(vocab)
+    if s.codes is not None:
+        _copy_atomic(Path(s.codes), codes)
+    if s.vocab is not None:
+        try:
+            dico = Dictionary.read_vocab(s.vocab)
+        except VocabError as err:
+            raise PreprocessError(f"vocab={s.vocab}: {err}") from None
+        _copy_atomic(Path(s.vocab), vocab)
+        return dico
+    word_counts: Counter[str] = Counter()
+    for counts in _each(_Sample(work, s), plan.jobs, pool, "sample", s.progress):
+        word_counts.update(counts)
+    if s.codes is None:
+        tmp = work / f"codes.tmp{os.getpid()}"
+        write_codes(learn_bpe(word_counts, s.bpe_merges), tmp)
+        os.replace(tmp, codes)
+    dico = _build_vocab(word_counts, BPE(codes), s)
+    tmp = work / f"vocab.txt.tmp{os.getpid()}"
+    dico.write_vocab(tmp)
+    os.replace(tmp, vocab)
+    return dico
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")  # shards on several machines may copy at once
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def binarize_jobs(plan: BuildPlan, jobs: list[Job], work: Path, dico: Dictionary,
+                  pool: multiprocessing.pool.Pool | None) -> dict[int, JobStats]:  # fmt: skip
+    """Step 3: every job's arrays under `work/jobs/`; jobs finished by an earlier run (their marker file is
+    there) are not redone."""
+    s = plan.settings
+    args = BinarizeArgs(str(work), str(work / "codes"), str(work / "vocab.txt"), dico.dtype_name, s.max_len,
+                        s.long_lines, s.lowercase_and_strip_accents, s.on_invalid_utf8)  # fmt: skip
+    stats = {j.index: read_stats(j.done_path(work)) for j in jobs if j.done_path(work).is_file()}
+    pending = [j for j in jobs if j.index not in stats]
+    stats.update((j.index, r) for j, r in zip(pending, _each(_Binarize(args), pending, pool, "binarize", s.progress)))
+    return stats
+
+
+def write_corpora(plan: BuildPlan, jobs: list[Job], work: Path, dtype: str, out: Path) -> list[str]:
+    """Step 4: join the jobs' arrays into the corpora under `out` (job files removed as they are used);
+    returns the file names written."""
+    files = []
+    for src in plan.sources:
+        for split in SPLITS:
+            for side in range(len(src.langs)):
+                name = src.corpus_name(split, side)
+                with IndexedCorpusWriter(out / name, dtype) as writer:
+                    for job in plan.jobs_of(src, jobs):
+                        prefix = job.ids_prefix(work, split, side)
+                        writer.add_chunk(np.fromfile(f"{prefix}.tokens", dtype=dtype),
+                                         np.fromfile(f"{prefix}.lengths", dtype=np.int64))  # fmt: skip
+                files += [f"{name}.json", f"{name}.tokens", f"{name}.offsets"]
+    return files
+
+
+def write_manifest(plan: BuildPlan, out: Path, dico: Dictionary, files: list[str], counts: dict[str, dict],
+                   extra: dict[str, Any] | None = None) -> dict:  # fmt: skip
+    """Step 5: `codes`, `vocab.txt` (from `out/.build` unless there), `hf_tokenizer/` and, last,
+    `manifest.json`."""
+    s, work = plan.settings, out / ".build"
+    for name in ("codes", "vocab.txt"):
+        if not (out / name).is_file():
+            _copy_atomic(work / name, out / name)
+    languages = sorted({lang for src in plan.sources for lang in src.langs})
+    lang2id = {lang: i for i, lang in enumerate(languages)}
+    XLMTokenizer(dico, out / "codes", lang2id, s.lowercase_and_strip_accents).save_pretrained(out / "hf_tokenizer")
+    with open(out / "codes", encoding="utf-8") as f:
+        n_merges = sum(1 for _ in f)
+    manifest = {
+        "format": "xlmtrain-preprocessed",
+        "version": MANIFEST_VERSION,
+        "cache_key": plan.key,
+        "languages": languages,
+        "lang2id": lang2id,
+        "monolingual": [src.name for src in plan.sources if len(src.langs) == 1],
+        "pairs": [src.name for src in plan.sources if len(src.langs) == 2],
+        "splits": list(SPLITS),
+        "vocab_size": len(dico),
+        "dtype": dico.dtype_name,
+        "n_bpe_merges": n_merges,
+        "counts": counts,
+        "settings": s.output_settings(),
+        "inputs": {name: h for sc in plan.scans.values() for name, h in sc.hashes.items()},
+        **(extra or {}),
+        "files": ["codes", "vocab.txt", *files],
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    """`manifest.json` as a dict; PreprocessError naming the file when it is not valid JSON."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        hint = "rebuild it (python -m xlmtrain.preprocess ... force=true, or delete the folder if it is a cache entry)"
+        raise PreprocessError(f"{path}: corrupt manifest, not valid JSON ({err}); {hint}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "xlmtrain-preprocessed":
+        raise PreprocessError(f"{path}: not an xlmtrain preprocess manifest")
+    return manifest
+
+
+def ensure_not_input(input_dir: Path, output: Path) -> None:
+    a, b = input_dir.resolve(), output.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise PreprocessError(f"output={output} overlaps input={input_dir}: the preprocessor never writes into or "
+                              "over its input; choose another output folder")  # fmt: skip
+
+
+def _open_work(output: Path, key: str, may_reset: bool) -> Path:
+    """`output/.build`, tagged with `key`: kept when it holds work of this build (a re-run continues it);
+    one of another build is removed when `may_reset`, else refused."""
+    work = output / ".build"
+    tag = work / "key"
+    if tag.is_file() and tag.read_text().strip() != key:
+        if not may_reset:
+            raise PreprocessError(f"{work} holds the work of another build (other inputs or settings); run "
+                                  "step=learn again first")  # fmt: skip
+        shutil.rmtree(work)
+    (work / "jobs").mkdir(parents=True, exist_ok=True)
+    if not tag.is_file():
+        tmp = work / f"key.tmp{os.getpid()}"
+        tmp.write_text(key + "\n")
+        os.replace(tmp, tag)
+    return work
 
 
 def _prepare_output(output: Path, key: str, force: bool) -> dict | None:
-    """The existing manifest when `output` already holds this exact build; otherwise make `output` ready
-    (empty) or raise PreprocessError."""
+    """The existing manifest when `output` already holds this exact build; otherwise make `output` ready (empty
+    but for the work of this build) or raise PreprocessError."""
     manifest_path = output / "manifest.json"
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(manifest_path)
         if manifest.get("cache_key") == key:
             return manifest
         if not force:
@@ -247,104 +430,156 @@ def _prepare_output(output: Path, key: str, force: bool) -> dict | None:
             )
         for name in [*manifest.get("files", []), "manifest.json"]:
             (output / name).unlink(missing_ok=True)
-        shutil.rmtree(output / "hf_tokenizer", ignore_errors=True)
-    shutil.rmtree(output / ".build", ignore_errors=True)  # an interrupted earlier run
-    if output.exists() and any(output.iterdir()):
+        for name in ("hf_tokenizer", "shards", ".build"):
+            shutil.rmtree(output / name, ignore_errors=True)
+    if output.exists() and any(p.name not in (".build", "shards") for p in output.iterdir()):
         raise PreprocessError(f"{output} is not empty and is not a preprocess output (no manifest.json)")
     output.mkdir(parents=True, exist_ok=True)
     return None
 
 
-def input_hashes(input_dir: str | Path, chunk_lines: int = 20000) -> dict[str, str]:
-    """xxh3-128 of every input file, by file name (also validates the input layout)."""
-    return {p.name: scan_file(p, chunk_lines)[2] for src in discover(Path(input_dir)) for p in src.paths}
+def _lock_path(output: Path) -> Path:
+    return output.parent / f".{output.name}.lock"
+
+
+def build(plan: BuildPlan, output: Path, force: bool = False) -> dict:
+    """Steps 2-5 in this process (and its worker pool) into `output`; returns the manifest. The caller holds
+    the output's lock."""
+    s = plan.settings
+    if (manifest := _prepare_output(output, plan.key, force)) is not None:
+        return manifest
+    work = _open_work(output, plan.key, may_reset=True)
+    with _pool(s.workers, len(plan.jobs)) as pool:
+        dico = learn_codes_and_vocab(plan, work, pool)
+        stats = binarize_jobs(plan, plan.jobs, work, dico, pool)
+    files = write_corpora(plan, plan.jobs, work, dico.dtype_name, output)
+    counts = {src.name: _source_counts(plan.scans[src.name].n_lines, [stats[j.index] for j in plan.jobs_of(src)])
+              for src in plan.sources}  # fmt: skip
+    return write_manifest(plan, output, dico, files, counts)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"I/N"` -> (I, N) with 0 <= I < N; PreprocessError naming the setting otherwise."""
+    m = _SHARD.match(str(text).strip())
+    if not m or not int(m[1]) < int(m[2]):
+        raise PreprocessError(f"shard={text!r}: expected I/N with 0 <= I < N (e.g. shard=0/4)")
+    return int(m[1]), int(m[2])
+
+
+def shard_jobs(jobs: list[Job], index: int, n_shards: int) -> list[Job]:
+    """The index-th of `n_shards` contiguous, near-equal ranges of `jobs`."""
+    return jobs[index * len(jobs) // n_shards : (index + 1) * len(jobs) // n_shards]
+
+
+def _shard_dir(output: Path, index: int, n_shards: int) -> Path:
+    return output / "shards" / f"{index:05d}-of-{n_shards:05d}"
+
+
+def learn_step(plan: BuildPlan, output: Path, force: bool = False) -> None:
+    """`step=learn`: codes and vocabulary into `output/.build/` for the shards (the caller holds the lock)."""
+    if _prepare_output(output, plan.key, force) is not None:
+        return
+    work = _open_work(output, plan.key, may_reset=True)
+    with _pool(plan.settings.workers, len(plan.jobs)) as pool:
+        learn_codes_and_vocab(plan, work, pool)
+
+
+def build_shard(plan: BuildPlan, output: Path, index: int, n_shards: int) -> Path:
+    """`shard=I/N`: steps 3-4 for shard I into `output/shards/I-of-N/` (skipped when done). Needs the codes and
+    vocabulary of `step=learn` in `output/.build/` (or given as `codes=` + `vocab=`)."""
+    s = plan.settings
+    done = _shard_dir(output, index, n_shards) / "shard.json"
+    if done.is_file() and json.loads(done.read_text()).get("cache_key") == plan.key:
+        return done.parent
+    work = _open_work(output, plan.key, may_reset=False)
+    if not ((work / "codes").is_file() and (work / "vocab.txt").is_file()):
+        if s.codes is None or s.vocab is None:
+            raise PreprocessError(f"{work}: no codes and vocab.txt; run step=learn first (same input, output and "
+                                  "settings), or give codes= and vocab=")  # fmt: skip
+        learn_codes_and_vocab(plan, work, None)
+    dico = Dictionary.read_vocab(work / "vocab.txt")
+    jobs = shard_jobs(plan.jobs, index, n_shards)
+    shard = done.parent
+    shard.mkdir(parents=True, exist_ok=True)
+    with _pool(s.workers, len(jobs)) as pool:
+        stats = binarize_jobs(plan, jobs, work, dico, pool)
+    files = write_corpora(plan, jobs, work, dico.dtype_name, shard)
+    record = {"cache_key": plan.key, "index": index, "n_shards": n_shards, "files": files,
+              "stats": {str(i): [vars(t), stats_dict(b)] for i, (t, b) in stats.items()}}  # fmt: skip
+    tmp = shard / f"shard.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, done)
+    for job in jobs:  # the shard's corpora hold them now
+        for path in [*(work / "jobs").glob(f"job{job.index:06d}.*"), job.words_path(work)]:
+            path.unlink(missing_ok=True)
+    return shard
+
+
+def merge_shards(plan: BuildPlan, output: Path) -> dict:
+    """`step=merge`: one header + offsets file per corpus over the shards' token files, then the manifest
+    (the caller holds the lock). Raises PreprocessError naming the missing or foreign shards."""
+    manifest_path = output / "manifest.json"
+    if manifest_path.is_file() and read_manifest(manifest_path).get("cache_key") == plan.key:
+        return read_manifest(manifest_path)
+    records = []
+    for path in sorted((output / "shards").glob("*-of-*/shard.json")):
+        record = json.loads(path.read_text())
+        if record.get("cache_key") == plan.key:
+            records.append(record)
+    sizes = {r["n_shards"] for r in records}
+    if len(sizes) != 1:
+        raise PreprocessError(f"{output / 'shards'}: no complete set of shards of this build (found shard counts "
+                              f"{sorted(sizes)}); run shard=I/N for every I first")  # fmt: skip
+    n_shards = sizes.pop()
+    missing = sorted(set(range(n_shards)) - {r["index"] for r in records})
+    if missing:
+        raise PreprocessError(f"{output / 'shards'}: shards {missing} of {n_shards} are not finished; run "
+                              f"shard={missing[0]}/{n_shards} first")  # fmt: skip
+    records.sort(key=lambda r: r["index"])
+    dico = Dictionary.read_vocab(output / ".build" / "vocab.txt")
+    files = []
+    for src in plan.sources:
+        for split in SPLITS:
+            for side in range(len(src.langs)):
+                name = src.corpus_name(split, side)
+                parts = [IndexedCorpus(_shard_dir(output, r["index"], n_shards) / name) for r in records]
+                write_parts_header(output / name, parts)
+                files += [f"{name}.json", f"{name}.offsets"]
+    stats = {int(i): (TokenizeStats(**t), stats_from_dict(b)) for r in records for i, (t, b) in r["stats"].items()}
+    counts = {src.name: _source_counts(plan.scans[src.name].n_lines, [stats[j.index] for j in plan.jobs_of(src)])
+              for src in plan.sources}  # fmt: skip
+    return write_manifest(plan, output, dico, files, counts, {"shards": n_shards})
 
 
 def preprocess(input_dir: str | Path, output_dir: str | Path, settings: PreprocessSettings | None = None,
-               force: bool = False) -> dict:  # fmt: skip
-    """Run the whole preprocessor; returns the manifest (a cache hit returns the existing one at once).
+               force: bool = False, step: str = "all", shard: str | None = None) -> dict:  # fmt: skip
+    """Run the preprocessor (or one step of a sharded build); returns the manifest (a cache hit returns the
+    existing one at once; `step=learn` and `shard=I/N` return `{"step": ..., "output": ...}`).
 
     Raises:
         PreprocessError: unknown file layout or language code, parallel files of different lengths (both files
-            and counts named), too few lines for the held-out splits, or an output dir built differently
-            (unless `force`).
-        binarize.InvalidUTF8Error: invalid UTF-8 with `on_invalid_utf8=error` (file:line named).
+            and counts named), too few lines for the held-out splits, an output that overlaps the input, an
+            output dir built differently (unless `force`), a merge before every shard is done.
+            Also: unreadable table inputs, bad JSON, missing columns, nulls (file and row named).
+            InvalidUTF8Error (a PreprocessError): invalid UTF-8 with `on_invalid_utf8=error` (file:line named).
     """
     s = settings or PreprocessSettings()
     input_dir, output = Path(input_dir), Path(output_dir)
-    sources = discover(input_dir)
-    scans = {p: scan_file(p, s.chunk_lines) for src in sources for p in src.paths}
-    for src in sources:
-        counts = [scans[p][0] for p in src.paths]
-        if len(set(counts)) > 1:
-            raise PreprocessError(
-                f"parallel files differ in length: {src.paths[0]} has {counts[0]} lines, "
-                f"{src.paths[1]} has {counts[1]} lines"
-            )
-    hashes = {p.name: scans[p][2] for p in scans}
-    key = _cache_key(s, hashes)
-    if (manifest := _prepare_output(output, key, force)) is not None:
-        return manifest
-    work = output / ".build"
-    work.mkdir()
-
-    jobs_of: dict[str, list[Job]] = {}
-    for src in sources:
-        n_lines, offsets = scans[src.paths[0]][0], [scans[p][1] for p in src.paths]
-        valid, test = _held_out(src, n_lines, s)
-        jobs_of[src.name] = []
-        for c in range(len(offsets[0])):
-            lo = c * s.chunk_lines
-            hi = min(lo + s.chunk_lines, n_lines)
-            if hi <= lo:
-                continue
-            jobs_of[src.name].append(
-                Job(sum(map(len, jobs_of.values())), [str(p) for p in src.paths], src.langs, [o[c] for o in offsets],
-                    lo, hi - lo, _in_range(valid, lo, hi), _in_range(test, lo, hi), str(work))  # fmt: skip
-            )
-    all_jobs = [j for js in jobs_of.values() for j in js]
-
-    with _pool(s.workers, len(all_jobs)) as pool:
-        tok_stats = _run(_Tokenize(s), all_jobs, pool, "tokenize", s.progress)
-        word_counts: Counter[str] = Counter()
-        for st in tok_stats:
-            word_counts.update(st.word_counts)
-            st.word_counts = Counter()
-
-        codes_path, vocab_path = output / "codes", output / "vocab.txt"
-        write_codes(learn_bpe(word_counts, s.bpe_merges), codes_path)
-        dico = _build_vocab(word_counts, BPE(codes_path), s)
-        dico.write_vocab(vocab_path)
-        del word_counts
-
-        bin_stats = _run(_Binarize(codes_path, vocab_path, dico.dtype_name, s), all_jobs, pool, "binarize",
-                         s.progress)  # fmt: skip
-    files = _concatenate(sources, jobs_of, dico.dtype_name, output)
-    languages = sorted({lang for src in sources for lang in src.langs})
-    lang2id = {lang: i for i, lang in enumerate(languages)}
-    XLMTokenizer(dico, codes_path, lang2id, s.lowercase_and_strip_accents).save_pretrained(output / "hf_tokenizer")
-    shutil.rmtree(work)
-
-    by_job = {j.index: (t, b) for j, t, b in zip(all_jobs, tok_stats, bin_stats)}
-    manifest = {
-        "format": "xlmtrain-preprocessed",
-        "version": MANIFEST_VERSION,
-        "cache_key": key,
-        "languages": languages,
-        "lang2id": lang2id,
-        "monolingual": [src.name for src in sources if len(src.langs) == 1],
-        "pairs": [src.name for src in sources if len(src.langs) == 2],
-        "splits": list(SPLITS),
-        "vocab_size": len(dico),
-        "dtype": dico.dtype_name,
-        "n_bpe_merges": sum(1 for _ in open(codes_path, encoding="utf-8")),
-        "counts": {src.name: _source_counts(src, [by_job[j.index] for j in jobs_of[src.name]], scans) for src in sources},
-        "settings": s.output_settings(),
-        "inputs": hashes,
-        "files": ["codes", "vocab.txt", *files],
-    }
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    return manifest
+    if step not in STEPS:
+        raise PreprocessError(f"step={step!r}: expected one of {', '.join(STEPS)} (or shard=I/N)")
+    ensure_not_input(input_dir, output)
+    plan = plan_build(input_dir, s)
+    if shard is not None:
+        index, n_shards = parse_shard(shard)
+        return {"step": "shard", "output": str(build_shard(plan, output, index, n_shards))}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(_lock_path(output)):
+        if step == "learn":
+            learn_step(plan, output, force)
+            return {"step": "learn", "output": str(output / ".build")}
+        if step == "merge":
+            return merge_shards(plan, output)
+        return build(plan, output, force)
 
 
 def _build_vocab(word_counts: Counter[str], bpe: BPE, s: PreprocessSettings) -> Dictionary:
@@ -365,27 +600,10 @@ def _build_vocab(word_counts: Counter[str], bpe: BPE, s: PreprocessSettings) -> 
     return dico
 
 
-def _concatenate(sources: list[Source], jobs_of: dict[str, list[Job]], dtype: str, output: Path) -> list[str]:
-    """Join the per-job arrays into the final corpora; returns the file names written."""
-    files = []
-    for src in sources:
-        for split in SPLITS:
-            for side in range(len(src.langs)):
-                name = src.corpus_name(split, side)
-                with IndexedCorpusWriter(output / name, dtype) as writer:
-                    for job in jobs_of[src.name]:
-                        prefix = job.ids_prefix(split, side)
-                        writer.add_chunk(np.fromfile(f"{prefix}.tokens", dtype=dtype),
-                                         np.fromfile(f"{prefix}.lengths", dtype=np.int64))  # fmt: skip
-                files += [f"{name}.json", f"{name}.tokens", f"{name}.offsets"]
-    return files
-
-
-def _source_counts(src: Source, stats: Iterable[tuple[binarize.TokenizeStats, binarize.BinarizeStats]],
-                   scans: dict) -> dict:  # fmt: skip
+def _source_counts(n_lines: int, stats: Iterable[tuple[TokenizeStats, BinarizeStats]]) -> dict:
     """Every line of an input accounted for: lines = sum(sentences) + empty_dropped + too_long_dropped +
     invalid_utf8_dropped."""
-    c: dict[str, Any] = {"lines": scans[src.paths[0]][0], "empty_dropped": 0, "invalid_utf8": 0,
+    c: dict[str, Any] = {"lines": n_lines, "empty_dropped": 0, "invalid_utf8": 0,
                          "invalid_utf8_dropped": 0, "invalid_utf8_first": None, "too_long_dropped": 0, "truncated": 0,
                          "special_tokens_dropped": 0, "unk_tokens": 0,
                          "sentences": dict.fromkeys(SPLITS, 0), "tokens": dict.fromkeys(SPLITS, 0)}  # fmt: skip

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
+import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.indexed import IndexedCorpus
-from xlmtrain.data.pipeline import PreprocessSettings, input_hashes, preprocess
+from xlmtrain.data.pipeline import PreprocessSettings, build, file_lock, plan_build, read_manifest
 from xlmtrain.data.tokenizer import XLMTokenizer
 
 
@@ -19,12 +19,13 @@ class PreprocessedData:
     `.dictionary`, `.mono(split, lang)`, `.parallel(split, l1, l2)`, `.tokenizer()`."""
 
     def __init__(self, directory: str | Path) -> None:
-        """Raises FileNotFoundError when `directory/manifest.json` is missing."""
+        """Raises FileNotFoundError when `directory/manifest.json` is missing, PreprocessError (a ValueError)
+        naming it when it is corrupt."""
         self.directory = Path(directory)
         path = self.directory / "manifest.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `python -m xlmtrain.preprocess input=RAW output={directory}`")
-        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        self.manifest: dict[str, Any] = read_manifest(path)
         self.languages: list[str] = self.manifest["languages"]
         self.lang2id: dict[str, int] = self.manifest["lang2id"]
         self.pairs: list[str] = self.manifest["pairs"]
@@ -57,14 +58,25 @@ class PreprocessedData:
 
 
 def ensure_preprocessed(raw_dir: str | Path, cache_dir: str | Path, **settings: Any) -> Path:
-    """Preprocess `raw_dir` into `cache_dir/<key>` (key = input hashes + output settings) unless it is there.
+    """Preprocess `raw_dir` into `cache_dir/<key>` unless it is there; returns that folder.
 
-    `settings` are `PreprocessSettings` fields. Returns the output dir.
+    `settings` are `PreprocessSettings` fields; the key is `pipeline.build_key` (output settings, input hashes,
+    format versions; the inputs are scanned once). Safe when many processes (srun/torchrun ranks, concurrent
+    runs) ask at once: one builds under an exclusive lock on `cache_dir/<key>.lock`, the others wait, then reuse
+    it. The build happens in `cache_dir/.<key>.partial` (a killed build is continued by the next caller) and is
+    renamed into place when complete, so `cache_dir/<key>` is always a finished build.
     """
-    s = PreprocessSettings(**settings)
-    blob = json.dumps({"inputs": input_hashes(raw_dir), "settings": s.output_settings()}, sort_keys=True)
-    out = Path(cache_dir) / hashlib.sha256(blob.encode()).hexdigest()[:16]
-    preprocess(raw_dir, out, s)
+    plan = plan_build(raw_dir, PreprocessSettings(**settings))
+    name = plan.key[:16]
+    out = Path(cache_dir) / name
+    if (out / "manifest.json").is_file():
+        return out
+    with file_lock(Path(cache_dir) / f"{name}.lock"):
+        if (out / "manifest.json").is_file():  # built by the process that held the lock before us
+            return out
+        partial = Path(cache_dir) / f".{name}.partial"
+        build(plan, partial)
+        if out.exists():  # not a finished build (no manifest): a leftover of an older layout
+            shutil.rmtree(out)
+        os.replace(partial, out)
     return out
-
-

@@ -2,8 +2,8 @@
 typed settings -> setup -> fit -> report.
 
 - settings: `FinetuneSettings` (built from the Hydra config by `xlmtrain/cli/train.py`, or by hand).
-- setup: load the pretrained model with a fresh head and its tokenizer; read the task data (`data_dir`, or
-  the synthetic NLI task when it is None); encode every (split, language); build the loaders, the module
+- setup: load the pretrained model with a fresh head and its tokenizer; read the task data (`task.data_dir`,
+  or the synthetic NLI task when it is None); encode every (split, language); build the loaders, the module
   and the trainer.
 - fit: fine-tune on `task.train_langs`, validating every language each epoch; keep the best checkpoint by
   `task.select_on`; re-evaluate valid and test with it.
@@ -33,7 +33,7 @@ from xlmtrain.tasks.readers import Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
-from xlmtrain.training.run_record import read_run_record
+from xlmtrain.training.run_data import read_run_data
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +47,46 @@ KINDS = {
 # ---------------------------------------------------------------- settings
 
 
-@dataclass
+@dataclass(frozen=True)
+class SyntheticNLI:
+    """The synthetic NLI task (when there is no data dir), over the synthetic languages the model knows."""
+
+    n_train: int
+    n_valid: int
+    n_test: int
+    seed: int
+    shared_names: int | None
+    """None: the pretraining run's `data.synthetic.shared_names` (its data.json), else `DEFAULT_SHARED_NAMES`."""
+
+
+@dataclass(frozen=True)
 class TaskSettings:
-    """The `task:` config block (conf/recipe/xnli.yaml, token_classification.yaml)."""
+    """The `task:` config block (conf/recipe/xnli.yaml, token_classification.yaml, which hold the defaults)."""
 
     kind: str
     """pair_classification (XNLI-style, accuracy) or token_classification (CoNLL tags, F1)."""
-    train_langs: list[str] | None = None
-    """Fine-tuning languages; None: [en] with data.dir, [io] for the synthetic task."""
-    eval_langs: list[str] | None = None
+    data_dir: Path | None
+    """Task data folder (see `tasks/readers.py`); None: the synthetic NLI task."""
+    synthetic: SyntheticNLI | None
+    """The synthetic NLI task's settings (used when `data_dir` is None)."""
+    train_langs: list[str] | None
+    """Fine-tuning languages; None: [en] with data_dir, [io] for the synthetic task."""
+    eval_langs: list[str] | None
     """Languages evaluated; None: every language of the valid data."""
-    select_on: str = "avg"
+    select_on: str
     """Keep the checkpoint with the best valid metric of this language, or `avg` (mean over languages)."""
-    max_len: int = 256
+    max_len: int
     """Tokens per sentence, its `</s>`s included (XLM's max_len); longer sentences are clipped and counted."""
-    batch_size: int = 8
+    batch_size: int
     """Training pairs / sentences per optimizer step."""
-    eval_batch_size: int = 64
-    epoch_size: int = -1
+    eval_batch_size: int
+    epoch_size: int
     """Training examples per epoch (drawn at random, XLM's epoch_size); -1: one pass over the train data."""
-    finetune_layers: int | None = None
+    finetune_layers: int | None
     """Train only the top N layers (the embeddings count as layer 0); None: all; 0: the head only."""
-    head_dropout: float = 0.1
+    head_dropout: float
     """Dropout before the classifier of pair classification (XLM's glue-xnli `--dropout`, 0 there)."""
-    num_workers: int = 0
+    num_workers: int
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,26 +100,14 @@ class TaskSettings:
 
 @dataclass(frozen=True)
 class PretrainedModel:
-    """The checkpoint fine-tuning starts from."""
+    """`pretrained`: the checkpoint fine-tuning starts from."""
 
     path: Path
     """An xlmtrain run dir, a transformers / xlmtrain model dir, or an original XLM .pth file."""
-    codes: Path | None = None
+    codes: Path | None
     """The fastBPE codes of an original .pth (directories carry their merges)."""
-    lowercase: bool = True
+    lowercase: bool
     """Lowercase and strip accents (an original .pth's text pipeline)."""
-
-
-@dataclass(frozen=True)
-class SyntheticNLI:
-    """The synthetic NLI task (when there is no data dir), over the synthetic languages the model knows."""
-
-    n_train: int
-    n_valid: int
-    n_test: int
-    seed: int
-    shared_names: int | None = None
-    """None: the pretraining run's `data.synthetic.shared_names` (its run.json), else `DEFAULT_SHARED_NAMES`."""
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,6 @@ class FinetuneSettings:
     seed: int
     task: TaskSettings
     pretrained: PretrainedModel
-    data_dir: Path | None
-    """Task data folder (see `tasks/readers.py`); None: the synthetic NLI task."""
-    synthetic: SyntheticNLI | None
     optimizer: OptimizerFactory
     """The encoder's learning rate is this factory's lr (`encoder_lr`)."""
     encoder_lr: float
@@ -128,7 +129,7 @@ class FinetuneSettings:
 
 
 DEFAULT_SHARED_NAMES = 40
-"""conf/data/synthetic.yaml's `shared_names`: what a pretraining run used when its run.json is absent."""
+"""conf/data/synthetic.yaml's `shared_names`: what a pretraining run used when its data.json is absent."""
 
 
 @dataclass
@@ -258,28 +259,29 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
 
 
 def pretraining_shared_names(run_dir: Path) -> int:
-    """`data.synthetic.shared_names` the pretraining run in `run_dir` recorded (its run.json), so that the
+    """`data.synthetic.shared_names` the pretraining run in `run_dir` recorded (its data.json), so that the
     synthetic NLI task uses the names the model was pretrained with; `DEFAULT_SHARED_NAMES` if the run
-    recorded none (a model dir, or a run older than run.json)."""
-    names = (read_run_record(run_dir).get("data") or {}).get("synthetic", {}).get("shared_names")
+    recorded none (a model dir, or a run older than data.json)."""
+    names = read_run_data(run_dir).get("synthetic", {}).get("shared_names")
     return DEFAULT_SHARED_NAMES if names is None else int(names)
 
 
 def task_data(settings: FinetuneSettings, model_langs: list[str]) -> tuple[Split, list[str]]:
     """(examples by split and language, training languages) from `data_dir` or the synthetic NLI task."""
     task = settings.task
-    if settings.data_dir is None:
+    if task.data_dir is None:
         if task.kind != "pair_classification":
-            raise ValueError("data.dir is required for token_classification (CoNLL {split}.{lang} files)")
+            raise ValueError("task.data_dir is required for token_classification (CoNLL {split}.{lang} files)")
         train_langs = task.train_langs or ["io"]
         eval_langs = task.eval_langs or [lang for lang in SYNTHETIC_LANGUAGES if lang in model_langs]
         if not set(train_langs) <= set(eval_langs) or not eval_langs:
             raise ValueError(
-                f"model.init={settings.pretrained.path} knows {model_langs}: the synthetic NLI task needs a model pretrained "
-                f"on the synthetic languages {train_langs} (python -m xlmtrain +recipe=tlm), or set data.dir"
+                f"pretrained.path={settings.pretrained.path} knows {model_langs}: the synthetic NLI task needs a model "
+                f"pretrained on the synthetic languages {train_langs} (python -m xlmtrain +recipe=tlm), or set task.data_dir"
             )
-        syn = settings.synthetic
-        assert syn is not None, "the synthetic NLI task needs its settings"
+        syn = task.synthetic
+        if syn is None:
+            raise ValueError("task.synthetic is null: set it, or task.data_dir")
         names = syn.shared_names
         if names is None:
             names = pretraining_shared_names(Path(settings.pretrained.path).expanduser())
@@ -288,11 +290,11 @@ def task_data(settings: FinetuneSettings, model_langs: list[str]) -> tuple[Split
         return data, train_langs
     train_langs = task.train_langs or ["en"]
     finder = find_nli_data if task.kind == "pair_classification" else find_tagging_data
-    data = finder(Path(settings.data_dir).expanduser(), train_langs)
+    data = finder(Path(task.data_dir).expanduser(), train_langs)
     if task.eval_langs is not None:
         absent = [lang for lang in task.eval_langs if lang not in data["valid"]]
         if absent:
-            raise ValueError(f"task.eval_langs: no validation data for {absent} in {settings.data_dir}")
+            raise ValueError(f"task.eval_langs: no validation data for {absent} in {task.data_dir}")
         data = {split: {k: v for k, v in by_lang.items() if split == "train" or k in task.eval_langs} for split, by_lang in data.items()}
     return data, train_langs
 

@@ -2,7 +2,7 @@
 
 - settings: `PretrainSettings` (built from the Hydra config by `xlmtrain/cli/train.py`, or by hand).
 - setup: resolve the data (none: generate the synthetic corpus and preprocess it into the cache; a raw folder:
-  preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/run.json`,
+  preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/data.json`,
   expand the streams over the data's languages, build the model config from the data's vocabulary and
   languages, the batch sources, the Lightning module and the trainer.
 - fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`).
@@ -18,10 +18,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 
@@ -37,7 +37,7 @@ from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
 from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
-from xlmtrain.training.run_record import record_run
+from xlmtrain.training.run_data import write_run_data
 
 TrainerFactory = Callable[..., pl.Trainer]
 
@@ -51,9 +51,11 @@ class SyntheticCorpus:
 
     langs: tuple[str, ...]
     n_mono: int
+    """Monolingual sentences per language."""
     n_para: int
+    """Parallel sentence pairs per language pair."""
     seed: int
-    shared_names: int = 0
+    shared_names: int
     """Proper names spelt the same in every language (cross-lingual anchors); 0: none."""
 
 
@@ -69,6 +71,38 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """One `objective.streams` entry: a `StreamSpec` whose `langs` may also be `'*'` (every monolingual
+    language of the data) or `'*-*'` (every parallel pair); `expand_streams` turns it into `StreamSpec`s."""
+
+    objective: str
+    """clm, mlm or tlm."""
+    langs: str
+    """A language (`en`), an ordered pair (`en-fr`), `*` or `*-*`."""
+    lambda_: str | float
+    """Loss coefficient: a constant or an XLM schedule such as `'0:1,1000:0.5'`."""
+    weight: float
+    """Relative sampling weight among streams (before language smoothing)."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """`objective` (conf/objective/*.yaml): the streams, their mixture and masking."""
+
+    name: str
+    """The objective's name (the default run name)."""
+    streams: tuple[StreamSettings, ...]
+    lg_sampling_factor: float
+    """XLM's --lg_sampling_factor: < 0 uniform over languages; 0.5 / 0.7 as the paper / XLM-100."""
+    masking: MaskingSettings
+    monitor: str
+    """Validation metric that selects the best checkpoint (read by `callbacks.best`)."""
+    monitor_mode: Literal["min", "max"]
+    alignment: AlignmentSettings = AlignmentSettings()
+    """Pooling, margin, scales, gathering and XLCo's queue of the `trans_rank` / `xlco` streams."""
+
+
+@dataclass(frozen=True)
 class PretrainSettings:
     """Everything one pretraining run needs; the `_target_` parts (optimizer, scheduler, trainer, loggers,
     callbacks) arrive built, as factories or objects."""
@@ -77,21 +111,20 @@ class PretrainSettings:
     cache_dir: Path
     """Where generated and preprocessed data is cached (`paths.cache_dir`)."""
     seed: int
+    """Seeds model init, data order, stream choice and masking."""
     resume: str
     """auto (newest valid checkpoint in <run_dir>/checkpoints), never, or a .ckpt path."""
     export: bool
     """Export <run_dir>/model/ and the training-curve plot at the end."""
-    data: DataSettings
-    model: Mapping[str, Any]
-    """`conf/model/*` sizes (XLMConfig fields); vocabulary and languages come from the data."""
     compile: bool
     """torch.compile the model's forward in place (state-dict keys unchanged)."""
-    streams: Sequence[Mapping[str, Any]]
-    """`objective.streams` entries; `langs: '*'` / `'*-*'` expand over the data (`expand_streams`)."""
-    masking: MaskingSettings
-    alignment: AlignmentSettings
-    """`objective.alignment`: pooling, margin, scales, gathering and XLCo's queue of the alignment streams."""
-    lg_sampling_factor: float
+    data: DataSettings
+    model: XLMConfig
+    """The architecture (`conf/model/*`); vocabulary size and languages are replaced by the data's."""
+    embed_init_std: float | None
+    """Std of the normal init of the word/language embeddings (`model.embed_init_std`); None: `emb_dim ** -0.5`,
+    XLM's init (transformers' XLMConfig default, 2048 ** -0.5, is right only for dim 2048)."""
+    objective: ObjectiveSettings
     optimizer: OptimizerFactory
     scheduler: SchedulerFactory
     trainer: TrainerFactory
@@ -120,23 +153,24 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     """The module (model, streams, batch sources), the trainer and the data of a run."""
     pl.seed_everything(settings.seed, workers=True)
     data = PreprocessedData(resolve_data(settings.data, settings.cache_dir))
-    specs = expand_streams(settings.streams, data)
-    config = model_config(settings.model, data)
+    specs = expand_streams(settings.objective.streams, data)
+    config = model_config(settings.model, data, settings.embed_init_std)
     dico = data.dictionary
-    common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.masking,
+    common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
                   mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
     train = PretrainBatches(
-        specs, data, counts=dico.counts, lg_sampling_factor=settings.lg_sampling_factor, seed=settings.seed, **common
+        specs, data, counts=dico.counts, lg_sampling_factor=settings.objective.lg_sampling_factor, seed=settings.seed,
+        **common,
     )
     valid = ValidBatches(specs, data, **common)
     module = PretrainModule(
-        config.to_dict(),
-        [{"objective": s.objective, "langs": s.langs, "lambda_": s.lambda_, "weight": s.weight} for s in specs],
+        config,
+        specs,
         optimizer=settings.optimizer,
         scheduler=settings.scheduler,
         train_batches=train,
         valid_batches=valid,
-        alignment=settings.alignment,
+        alignment=settings.objective.alignment,
     )
     if settings.compile:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
@@ -230,24 +264,21 @@ def synthetic_corpus(corpus: SyntheticCorpus, cache_dir: Path) -> Path:
 
 
 def _record_data(settings: PretrainSettings, data: PreprocessedData) -> None:
-    """`run.json`'s `data` section: the resolved data dir and the data settings, for later jobs and tools."""
+    """`<run_dir>/data.json`: the resolved data dir and the data settings, for later jobs and tools."""
     described = dataclasses.asdict(settings.data)
     described["dir"] = None if settings.data.dir is None else str(settings.data.dir)
-    record_run(settings.run_dir, data={**described, "resolved_dir": str(data.directory)})
+    write_run_data(settings.run_dir, {**described, "resolved_dir": str(data.directory)})
 
 
-def expand_streams(streams: Sequence[Mapping[str, Any]], data: PreprocessedData) -> list[StreamSpec]:
+def expand_streams(streams: Sequence[StreamSettings], data: PreprocessedData) -> list[StreamSpec]:
     """`objective.streams` entries -> `StreamSpec`s; `langs: '*'` is every monolingual language of the data,
-    `'*-*'` every parallel pair. Raises ValueError naming the entry on an unknown key or missing data."""
+    `'*-*'` every parallel pair. Raises ValueError naming the entry on an invalid stream or missing data."""
     mono = [name for name in data.manifest["monolingual"]]
     specs = []
     for i, entry in enumerate(streams):
-        fields = dict(entry)
+        fields = dataclasses.asdict(entry)
         where = f"objective.streams[{i}]"
-        unknown = set(fields) - {"objective", "langs", "lambda_", "weight"}
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected objective, langs, lambda_, weight")
-        langs = str(fields.get("langs", ""))
+        langs = entry.langs
         choices = {"*": mono, "*-*": data.pairs}.get(langs, [langs])
         if not choices:
             kind = "monolingual" if langs == "*" else "parallel"
@@ -265,16 +296,16 @@ def expand_streams(streams: Sequence[Mapping[str, Any]], data: PreprocessedData)
     return specs
 
 
-def model_config(sizes: Mapping[str, Any], data: PreprocessedData) -> XLMConfig:
-    """`conf/model/*` sizes + the data's vocabulary size and languages."""
+def model_config(architecture: XLMConfig, data: PreprocessedData, embed_init_std: float | None) -> XLMConfig:
+    """The architecture with the data's vocabulary size and languages, and its embedding init std (None:
+    XLM's `emb_dim ** -0.5`)."""
     lang2id = dict(data.lang2id)
-    return XLMConfig(
-        **sizes,
+    return architecture.replace(
+        embed_init_std=architecture.emb_dim**-0.5 if embed_init_std is None else embed_init_std,
         vocab_size=len(data.dictionary),
         n_langs=len(lang2id),
         lang2id=lang2id,
         id2lang={i: lang for lang, i in lang2id.items()},
-        embed_init_std=sizes["emb_dim"] ** -0.5,
     )
 
 

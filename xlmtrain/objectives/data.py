@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -210,6 +210,7 @@ class PretrainBatches:
         seed: int = 0,
         mask_index: int = 5,
         pad_index: int = 2,
+        skip_batches: Collection[int] = (),
     ) -> None:
         """
         Args:
@@ -220,8 +221,11 @@ class PretrainBatches:
             batching, masking: see `BatchSettings`, `MaskingSettings`.
             lg_sampling_factor: alpha of language sampling inside a stream group (< 0: follow weights only).
             seed: seed of stream choice, masking and data order.
+            skip_batches: batch counters whose data is drawn and dropped (the numerics guard's bad batches);
+                every other batch is the one it would have been.
         """
         self.specs = list(specs)
+        self.skip_batches = frozenset(skip_batches)
         self.data, self.batching, self.masking, self.seed = data, batching, masking, seed
         self.builder = _Builder(data, n_words, mask_index, pad_index)
         self.token_weights = (
@@ -287,6 +291,10 @@ class PretrainBatches:
             step = k // self.accumulate
             stream = self.mixture.draw(step, _generator(self.seed, k, 0))
             spec = self.specs[stream]
+            if k in self.skip_batches:
+                next(self._iterators[stream])  # consumed, so the stream's later batches stay where they were
+                self._next_index = k + 1
+                continue
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
             cut = pair_rank_rows if isinstance(batch, PairBatch) else rank_rows
             batch = cut(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")

@@ -3,7 +3,8 @@
 Mapping XLM onto Lightning (reference §A4.1): in XLM every stream step is its own forward, backward
 and optimizer update. Here each Lightning training batch comes from one stream, drawn by
 `StreamMixture` with a seeded generator, and each Lightning step is one optimizer update (with
-`trainer.accumulate_grad_batches=k`, k draws are summed into one update, as XLM's accumulation).
+`trainer.accumulate_grad_batches=k`, k draws make one update: Lightning averages their losses, where XLM's
+accumulation sums them, which Adam sees only through eps and clipping; tests/test_training_semantics.py).
 The loss is `lambda(step) * mean CE` over the predicted positions only (the model's `pred_mask` path).
 Batches, masking and stream choice are built by `PretrainBatches`; their random state is saved in the
 checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
@@ -53,17 +54,13 @@ STATE_KEY = "xlmtrain_batches"
 RNG_KEY = "xlmtrain_rng"
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
 class PretrainModule(pl.LightningModule):
     """A `XLMWithLMHead` trained on CLM/MLM/TLM streams; see the module docstring for the semantics."""
 
     def __init__(
         self,
-        model_config: Mapping[str, Any],
-        streams: Sequence[Mapping[str, Any]],
+        config: XLMConfig,
+        streams: Sequence[StreamSpec],
         *,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
@@ -73,8 +70,8 @@ class PretrainModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            model_config: `XLMConfig.to_dict()` (saved as a hyperparameter so checkpoints rebuild the model).
-            streams: the `StreamSpec` fields of each training stream (saved as hyperparameters).
+            config: the model's configuration (saved as the hyperparameter `model_config`, `XLMConfig.to_dict()`).
+            streams: the training streams (saved as the hyperparameter `streams`, their fields).
             optimizer: `optimizer(params)` -> torch optimizer (a Hydra `_partial_` factory).
             scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
             train_batches: the training batch source (None when only loading weights or validating).
@@ -85,10 +82,10 @@ class PretrainModule(pl.LightningModule):
         if alignment is None or isinstance(alignment, Mapping):
             alignment = AlignmentSettings(**dict(alignment or {}))
         self.save_hyperparameters(
-            {"model_config": dict(model_config), "streams": [dict(s) for s in streams], "alignment": asdict(alignment)}
+            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams], "alignment": asdict(alignment)}
         )
-        self.config = XLMConfig.from_dict(dict(model_config), source="model_config")
-        self.specs = [StreamSpec(**s) for s in streams]
+        self.config = config
+        self.specs = list(streams)
         self.model = XLMWithLMHead(self.config)
         self.alignment = alignment
         # XLCo's momentum encoder and queue; a copy of the initial encoder, as MoCo starts.
@@ -102,23 +99,15 @@ class PretrainModule(pl.LightningModule):
         self._pending_rng_states: torch.Tensor | None = None
         self._last_trained_index = -1
         self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
-        names = [spec.name for spec in self.valid_specs]
-        self.valid_names = names
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
-        groups = names + [g for g in ("mlm", "clm", "tlm") if any(self._group_of(n) == g for n in names)]
+        present = {spec.average_group for spec in self.valid_specs}
+        groups = [spec.name for spec in self.valid_specs] + [g for g in ("mlm", "clm", "tlm") if g in present]
         self.valid_ce = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
         self.valid_acc = torch.nn.ModuleDict({_key(n): MeanMetric() for n in groups})
 
-    @staticmethod
-    def _group_of(name: str) -> str | None:
-        langs, objective = name.rsplit("_", 1)
-        if objective == "tlm":
-            return "tlm"
-        return None if "-" in langs else objective  # the alignment objectives are on pairs: no average
-
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
-        langs = batch.langs if self.config.n_langs > 1 else None
-        return {"langs": langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
+        # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
+        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
@@ -130,9 +119,9 @@ class PretrainModule(pl.LightningModule):
 
     def _sides(self, batch: PairBatch, encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, dim) pooled vectors of both sides of `batch` through `encoder`."""
-        pooling, multi = self.alignment.pooling, self.config.n_langs > 1
-        src = sentence_vectors(encoder, batch.src_ids, batch.src_lengths, batch.src_langs if multi else None, pooling)
-        tgt = sentence_vectors(encoder, batch.tgt_ids, batch.tgt_lengths, batch.tgt_langs if multi else None, pooling)
+        pooling = self.alignment.pooling
+        src = sentence_vectors(encoder, batch.src_ids, batch.src_lengths, batch.src_langs, pooling)
+        tgt = sentence_vectors(encoder, batch.tgt_ids, batch.tgt_lengths, batch.tgt_langs, pooling)
         return src, tgt
 
     def alignment_losses(self, batch: PairBatch, objective: str) -> torch.Tensor:
@@ -158,9 +147,10 @@ class PretrainModule(pl.LightningModule):
         # (zero) gradient, as DDP without find_unused_parameters needs every step; 1 process does the same.
         return loss + 0.0 * self.model.pred_layer.proj.bias.sum()
 
-    def training_step(self, item: TrainItem, batch_idx: int) -> torch.Tensor:
-        """`lambda * mean CE` of the drawn stream over the global batch; raises `NonFiniteLossError` naming
-        step and stream.
+    def training_step(self, item: TrainItem, batch_idx: int) -> dict[str, torch.Tensor]:
+        """`{"loss": lambda * mean CE of the drawn stream over the global batch (rank-scaled, see below),
+        "ce": the global mean CE, detached}`; `ce` is what `training.numerics.NumericsGuard` judges (NaN,
+        spikes), read without a host sync here.
 
         Under DDP each rank holds a slice of the global batch (`rank_rows`). The mean is over the targets
         of ALL ranks (one all-reduce of `[n_targets, CE sum]`), and the rank's loss is scaled by the world
@@ -181,42 +171,26 @@ class PretrainModule(pl.LightningModule):
             )
             n_total, ce_total = sums[0], sums[1]  # kept on the device: no host sync
         ce_mean = ce_total / n_total
-        self._check_finite(ce_mean, item.index, spec.name)
         self._last_trained_index = item.index
         bs = len(item.batch.src_ids if isinstance(item.batch, PairBatch) else item.batch.input_ids)
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return item.lam * ce_sum * (world / n_total)
-
-    def _check_finite(self, ce_mean: torch.Tensor, batch_index: int, stream: str) -> None:
-        """Raise `NonFiniteLossError` naming step, batch and stream if the (global) loss is NaN or infinite.
-
-        Reading the value is a host-device sync: free on CPU, so checked every step there; on accelerators
-        only every `trainer.log_every_n_steps` steps (the first step too). A non-finite loss poisons the
-        weights, so later losses stay non-finite and the check still stops the run within that many steps.
-        The value is global (all-reduced), so under DDP every rank raises together instead of hanging.
-        """
-        if ce_mean.device.type != "cpu" and self.global_step % max(self.trainer.log_every_n_steps, 1):
-            return
-        if not torch.isfinite(ce_mean):
-            raise NonFiniteLossError(
-                f"non-finite loss {ce_mean.item()} at step {self.global_step} (batch {batch_index}) on stream {stream}"
-            )
+        return {"loss": item.lam * ce_sum * (world / n_total), "ce": ce_mean}
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch (pair-weighted loss and
         in-batch retrieval accuracy for the alignment streams)."""
-        name = self.valid_names[item.stream]
+        spec = self.valid_specs[item.stream]
         if isinstance(item.batch, PairBatch):
-            loss, acc, n = self._alignment_validation(item.batch, self.valid_specs[item.stream].objective)
+            loss, acc, n = self._alignment_validation(item.batch, spec.objective)
         else:
             logits = self(item.batch).float()
             targets = item.batch.targets
             n = targets.numel()
             loss = F.cross_entropy(logits, targets)
             acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
-        for key in (name, self._group_of(name)):
+        for key in (spec.name, spec.average_group):
             if key is not None:
                 self.valid_ce[_key(key)].update(loss, weight=n)
                 self.valid_acc[_key(key)].update(acc, weight=n)
@@ -304,6 +278,10 @@ class PretrainModule(pl.LightningModule):
             # Every rank was seeded alike (identical init); give each its own dropout stream, or all ranks
             # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+
+def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
+    return {"objective": spec.objective, "langs": spec.langs, "lambda_": spec.lambda_, "weight": spec.weight}
 
 
 def _key(name: str) -> str:

@@ -45,7 +45,6 @@ def context_accuracy(
     batches = ParallelBatches(ctx_corpus, tgt_corpus, batch_size=batch_size, max_len=None, group_by_size=False, shuffle=False)
     pad, mask_index = data.dictionary.pad_index, data.dictionary.mask_index
     ctx_id, tgt_id = data.lang2id[context_lang], data.lang2id[target_lang]
-    use_langs = model.config.n_langs > 1
     unknown = [w for w in skip_words if w not in data.dictionary.word2id]
     if unknown:
         raise ValueError(f"context_accuracy: skip_words {unknown} are not in the vocabulary of {data.directory}")
@@ -65,7 +64,7 @@ def context_accuracy(
         else:
             ids, lengths, positions, pred_mask = masked.input_ids, lt, None, masked.pred_mask
             langs = constant_langs(ids, tgt_id)
-        out = model(ids, pred_mask=pred_mask, langs=langs if use_langs else None, position_ids=positions, lengths=lengths)
+        out = model(ids, pred_mask=pred_mask, langs=langs, position_ids=positions, lengths=lengths)
         correct += int((out.logits.argmax(-1) == masked.targets).sum())
         total += masked.targets.numel()
     return 100.0 * correct / max(total, 1)

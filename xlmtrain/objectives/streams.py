@@ -72,6 +72,14 @@ class StreamSpec:
         """Metric-friendly name: `en_mlm`, `en-fr_tlm`, `en_clm`, `en-fr_trans_rank`."""
         return f"{self.langs}_{self.objective}"
 
+    @property
+    def average_group(self) -> str | None:
+        """The validation average this stream counts in (XLM's): `mlm` / `clm` for monolingual streams, `tlm`
+        for TLM pairs; None for a CLM pair or an alignment stream (in no average)."""
+        if self.objective == "tlm":
+            return "tlm"
+        return None if self.is_pair else self.objective
+
 
 def smoothed_probs(counts: Sequence[float], alpha: float) -> list[float]:
     """XLM's `set_sampling_probs`: `p_i = n_i / sum n`, then `q_i = p_i^alpha / sum p^alpha`.

@@ -21,8 +21,9 @@ import os
 import pathlib
 import typing
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO

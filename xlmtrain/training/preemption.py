@@ -35,6 +35,8 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from xlmtrain.training.run_lock import slurm_job_id
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM)
@@ -48,14 +50,6 @@ def cluster_environment_plugins() -> list[SLURMEnvironment]:
     handler; elsewhere it is empty (an explicit ``SLURMEnvironment`` outside SLURM would break).
     """
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
-def slurm_job_id() -> str | None:
-    """The id ``scontrol requeue`` needs for this job (``<array id>_<task id>`` for array jobs)."""
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array_job is not None:
-        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 class PreemptionCallback(Callback):
