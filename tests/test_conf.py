@@ -104,6 +104,13 @@ def test_lightning_names_and_run_dir() -> None:
     assert "${now:" not in (CONF_DIR / "hydra" / "default.yaml").read_text()
 
 
+def test_gpu_trainers_default_to_bf16_mixed_and_cpu_stays_fp32() -> None:
+    for group, accelerator, strategy in (("gpu", "gpu", "auto"), ("ddp", "gpu", "ddp")):
+        trainer = _compose([f"trainer={group}"]).trainer
+        assert (trainer.accelerator, trainer.precision, trainer.strategy) == (accelerator, "bf16-mixed", strategy)
+    assert _compose([]).trainer.precision == "32-true"
+
+
 def test_readme_recipes_exist() -> None:
     readmes = list((REPO / "recipes").rglob("README.md")) + [p for p in (REPO / "README.md",) if p.is_file()]
     quoted = {m for p in readmes for m in re.findall(r"\+recipe=([A-Za-z0-9_]+)", p.read_text())}

@@ -19,7 +19,12 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
-from xlmtrain.inference.loading import EncodedLine, InferenceModel, pad_batch
+from xlmtrain.inference.loading import (
+    EncodedLine,
+    InferenceModel,
+    model_device,
+    pad_batch,
+)
 from xlmtrain.inference.textio import count_lines, read_lines
 from xlmtrain.model.heads import XLMHeadModel
 from xlmtrain.model.pooling import POOLINGS, Pooling, pool_hidden
@@ -71,18 +76,21 @@ def embed_ids(
 ) -> Tensor:
     """Embeddings (n, dim) float32 of already wrapped id lists (`</s> .. </s>`), in input order.
 
-    `lang_id` is fed as `langs` (None: no language ids). Raises ValueError on a bad pooling or layer.
+    `lang_id` is fed as `langs` (None: no language ids). Inputs go to the model's device; the result is on the
+    CPU. Raises ValueError on a bad pooling or layer.
     """
     config = model.config
+    device = model_device(model)
     check_pooling(pooling, layer, config.n_layers)
     out = torch.empty(len(lines), config.emb_dim)  # (n, dim)
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = pad_batch([list(lines[i]) for i in rows], pad_index, lang_id if config.has_lang_embeddings else None)
+        lang = lang_id if config.has_lang_embeddings else None
+        inputs = pad_batch([list(lines[i]) for i in rows], pad_index, lang, device)
         encoded = model.transformer.encode(**inputs, output_hidden_states=layer != -1)
         hidden = encoded.last_hidden_state if layer == -1 else encoded.hidden_states[layer]  # (bs, slen, dim)
-        out[torch.as_tensor(rows)] = pool_hidden(hidden, inputs["lengths"], pooling).float()
+        out[torch.as_tensor(rows)] = pool_hidden(hidden, inputs["lengths"], pooling).float().cpu()
     return out
 
 
