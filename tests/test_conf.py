@@ -31,7 +31,7 @@ def test_conf_dir_is_found() -> None:
 
 
 def test_shipped_recipes() -> None:
-    assert {"clm", "mlm", "tlm", "mlm_tlm"} <= set(RECIPES)
+    assert {"clm", "mlm", "tlm", "mlm_tlm", "tlm_align", "mlm_tlm_xlco"} <= set(RECIPES)
 
 
 # Fine-tuning recipes (`job: finetune`, possibly through another recipe) have no pretraining objective;

@@ -29,6 +29,7 @@ from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.model.config import XLMConfig
+from xlmtrain.objectives.alignment import AlignmentSettings
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
 from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
 from xlmtrain.objectives.streams import StreamSpec, expand_langs
@@ -99,6 +100,8 @@ class ObjectiveSettings:
     monitor: str
     """Validation metric that selects the best checkpoint (read by `callbacks.best`)."""
     monitor_mode: Literal["min", "max"]
+    alignment: AlignmentSettings = AlignmentSettings()
+    """Pooling, margin, scales, gathering and XLCo's queue of the `trans_rank` / `xlco` streams."""
     mixture: Literal["xlm", "weights"] = "xlm"
     """How stream groups share the steps: `xlm` (XLM's loop: min(5, n) steps per group) or `weights` (the sum of
     each group's stream weights); see `xlmtrain.objectives.streams`."""
@@ -173,6 +176,7 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
         scheduler=settings.scheduler,
         train_batches=train,
         valid_batches=valid,
+        alignment=settings.objective.alignment,
     )
     if settings.compile:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model

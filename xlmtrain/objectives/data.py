@@ -35,13 +35,16 @@ from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.data.streams import ParallelBatches, StreamBatches
 from xlmtrain.objectives.batches import (
     LMBatch,
+    PairBatch,
     concat_pair,
     constant_langs,
     next_token_targets,
+    pair_batch,
+    pair_rank_rows,
     with_host_layout,
 )
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
-from xlmtrain.objectives.streams import StreamMixture, StreamSpec
+from xlmtrain.objectives.streams import ALIGNMENT_OBJECTIVES, StreamMixture, StreamSpec
 
 _KEEP_STATES = 64  # states of recent batches kept for checkpointing; far above Lightning's prefetch depth
 
@@ -114,9 +117,10 @@ class MaskingSettings:
 class TrainItem:
     """One training batch: `batch` (this rank's rows) from stream `stream`, loss coefficient `lam`, global batch
     counter `index`, and `n_targets`, the number of targets of the GLOBAL batch (all ranks' rows): the loss is
-    normalised by it without a collective."""
+    normalised by it without a collective. For the alignment objectives (`trans_rank`, `xlco`) `batch` is a
+    `PairBatch` and `n_targets` the global number of pairs."""
 
-    batch: LMBatch
+    batch: LMBatch | PairBatch
     stream: int
     lam: float
     index: int
@@ -125,9 +129,9 @@ class TrainItem:
 
 @dataclass
 class ValidItem:
-    """One validation batch of stream `stream`."""
+    """One validation batch of stream `stream` (an `LMBatch`, or a `PairBatch` for the alignment objectives)."""
 
-    batch: LMBatch
+    batch: LMBatch | PairBatch
     stream: int
 
 
@@ -159,6 +163,12 @@ class _Builder:
             return pair.ids, pair.lengths, pair.positions, pair.langs
         x, lengths = raw
         return x, lengths, None, constant_langs(x, self.lang2id[spec.langs])
+
+    def pair(self, spec: StreamSpec, raw: Any) -> PairBatch:
+        """The two sides of a raw pair batch, padded separately (the alignment objectives)."""
+        (x1, len1), (x2, len2) = raw
+        lang1, lang2 = spec.lang_list
+        return pair_batch(x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2])
 
     def clm(self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor) -> LMBatch:
         pred_mask, targets = next_token_targets(ids, lengths)
@@ -270,7 +280,9 @@ class PretrainBatches:
         self._states.clear()
         self._start = self.next_state()
 
-    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch:
+    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch | PairBatch:
+        if spec.objective in ALIGNMENT_OBJECTIVES:
+            return self.builder.pair(spec, raw)
         ids, lengths, positions, langs = self.builder.layout(spec, raw)
         if spec.objective == "clm":
             return self.builder.clm(ids, lengths, positions, langs)
@@ -301,9 +313,13 @@ class PretrainBatches:
                 self._next_index = k + 1
                 continue
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
-            n_targets = batch.targets.numel()
-            batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
-            batch = with_host_layout(batch)
+            where = f"batch {k} of stream {spec.name}"
+            if isinstance(batch, PairBatch):
+                n_targets = batch.global_rows
+                batch = pair_rank_rows(batch, self.rank, self.world_size, where=where)
+            else:
+                n_targets = batch.targets.numel()
+                batch = with_host_layout(rank_rows(batch, self.rank, self.world_size, where=where))
             self._next_index = k + 1
             state = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
             with self._states_lock:
@@ -417,6 +433,9 @@ class ValidBatches:
                 if j % self.world_size != self.rank:
                     continue
                 raw = load()
+                if spec.objective in ALIGNMENT_OBJECTIVES:
+                    yield ValidItem(batch=self.builder.pair(spec, raw), stream=stream)
+                    continue
                 ids, lengths, positions, langs = self.builder.layout(spec, raw)
                 if spec.objective == "clm":
                     batch = self.builder.clm(ids, lengths, positions, langs)

@@ -28,7 +28,9 @@ import torch
 
 from xlmtrain.objectives.schedule import LambdaSchedule
 
-OBJECTIVES = ("clm", "mlm", "tlm")
+OBJECTIVES = ("clm", "mlm", "tlm", "trans_rank", "xlco")
+PAIR_OBJECTIVES = ("tlm", "trans_rank", "xlco")  # objectives that need a translation pair
+ALIGNMENT_OBJECTIVES = ("trans_rank", "xlco")  # sentence-level, on two separately encoded sides
 MIXTURES = ("xlm", "weights")
 XLM_STEPS_PER_GROUP = 5
 """XLM's `shuf_order(..., n=5)`: at most this many monolingual and this many pair steps per loop iteration."""
@@ -39,10 +41,11 @@ class StreamSpec:
     """One training stream.
 
     Attributes:
-        objective: `clm` (causal LM), `mlm` (masked LM on monolingual text) or `tlm` (masked LM on a
-            translation pair).
+        objective: `clm` (causal LM), `mlm` (masked LM on monolingual text), `tlm` (masked LM on a
+            translation pair), `trans_rank` (translation ranking) or `xlco` (InfoXLM's cross-lingual
+            contrast), the last two on pairs (`xlmtrain.objectives.alignment`).
         langs: a language (`en`) or an ordered pair (`en-fr`, en first; `fr-en` is another stream).
-            `mlm` needs a language, `tlm` a pair, `clm` takes either.
+            `mlm` needs a language, `tlm`/`trans_rank`/`xlco` a pair, `clm` takes either.
         lambda_: loss coefficient, a constant or an XLM schedule such as `'0:1,1000:0.5'`; while it is
             0 the stream is never drawn.
         weight: relative sampling weight among streams (before language smoothing).
@@ -61,8 +64,8 @@ class StreamSpec:
         parts = self.langs.split("-")
         if len(parts) > 2 or not all(parts) or (len(parts) == 2 and parts[0] == parts[1]):
             raise ValueError(f"{where}: langs must be 'xx' or 'xx-yy' with two different languages")
-        if self.objective == "tlm" and len(parts) != 2:
-            raise ValueError(f"{where}: tlm needs a language pair such as 'en-fr'")
+        if self.objective in PAIR_OBJECTIVES and len(parts) != 2:
+            raise ValueError(f"{where}: {self.objective} needs a language pair such as 'en-fr'")
         if self.objective == "mlm" and len(parts) != 1:
             raise ValueError(f"{where}: mlm on a pair is tlm; use objective tlm")
         if not self.weight > 0:
@@ -81,13 +84,13 @@ class StreamSpec:
 
     @property
     def name(self) -> str:
-        """Metric-friendly name: `en_mlm`, `en-fr_tlm`, `en_clm`."""
+        """Metric-friendly name: `en_mlm`, `en-fr_tlm`, `en_clm`, `en-fr_trans_rank`."""
         return f"{self.langs}_{self.objective}"
 
     @property
     def average_group(self) -> str | None:
         """The validation average this stream counts in (XLM's): `mlm` / `clm` for monolingual streams, `tlm`
-        for TLM pairs; None for a CLM pair (in no average)."""
+        for TLM pairs; None for a CLM pair or an alignment stream (in no average)."""
         if self.objective == "tlm":
             return "tlm"
         return None if self.is_pair else self.objective
