@@ -37,15 +37,29 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def matmul_peak_gflops(m: int = 1024, k: int = 4096, n: int = 1024, repeats: int = 10) -> float:
-    """fp32 `torch.mm` GFLOP/s of an (m, k) x (k, n) product at the current thread count (median of repeats)."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    for _ in range(2):
+def matmul_peak_gflops(
+    m: int = 1024, k: int = 4096, n: int = 1024, repeats: int = 10, *, device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """`torch.mm` GFLOP/s of an (m, k) x (k, n) product in `dtype` on `device` (median of repeats): on the CPU at
+    the current thread count; on CUDA at 8192^3 (the sizes given are for the CPU), synchronised."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        m = k = n = 8192
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+
+    def wait() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):
         torch.mm(a, b)
+    wait()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        wait()
         times.append(time.perf_counter() - start)
     return 2 * m * k * n / statistics.median(times) / 1e9
 
@@ -74,9 +88,11 @@ class StepStats:
     peak_rss_mb: float = 0.0
 
     def tokens_per_s(self, tokens: int) -> tuple[float, float, float]:
-        """(median, min, max) tokens/s for steps of `tokens` tokens each."""
+        """(tokens / median step time, min, max) tokens/s for steps of `tokens` tokens each. The median is taken
+        over step times, so the table's tok/s and s/step agree for an even number of steps too (the median
+        of the rates would average two rates instead)."""
         rates = [tokens / s for s in self.seconds]
-        return statistics.median(rates), min(rates), max(rates)
+        return tokens / self.median_s, min(rates), max(rates)
 
     @property
     def median_s(self) -> float:

@@ -11,8 +11,10 @@ process, steps interleaved so that background load hits both alike:
   elsewhere, full-vocabulary logits and CE at every position, backward, `clip_grad_norm_(1.0)` (Trainer's
   `max_grad_norm`), AdamW with `fused=True` (Trainer's default `adamw_torch_fused` on torch >= 2.8).
 Both optimizers are fused AdamW, lr 1e-4, weight decay 0 (`--unfused-adam` to use the for-loop one on both).
-fp32 by default; `--bf16` runs both under CPU bf16 autocast; `--compile` adds a third contender, xlmtrain compiled
+fp32 by default; `--bf16` runs both under bf16 autocast; `--compile` adds a third contender, xlmtrain compiled
 (`model.compile()`, as `compile=true`), and the last line is then the compiled one's speedup.
+`--device cuda` runs both on the GPU (every step synchronised before the clock stops; MFU against the matmul peak of
+the run's dtype, bf16 with `--bf16`, measured on the GPU in the same run); `benchmarks/gpu_check.sh` runs it so.
 
 Tokens per step = batch x slen input positions. MFU = analytic matmul FLOPs of the step (see
 `benchlib.train_step_flops`: 3 x (L * T * (24 d^2 + 4 slen d) + 2 d V * n_logits), n_logits = predicted
@@ -45,7 +47,7 @@ from benchlib import (
 )
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
-from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs
+from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, with_host_layout
 from xlmtrain.objectives.masking import mask_tokens
 
 MASK_INDEX, PAD_INDEX, EOS_INDEX, FIRST_WORD = 5, 2, 1, 14
@@ -96,7 +98,15 @@ def make_batch(objective: str, shape: Shape, bs: int, slen: int, generator: torc
         ids, lengths, positions, langs = pair.ids, pair.lengths, pair.positions, pair.langs
     masked = mask_tokens(ids, lengths, n_words=shape.vocab, mask_index=MASK_INDEX, generator=generator)
     batch = LMBatch(masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False)
-    return Pair(batch, _hf_inputs(batch))
+    # As `PretrainBatches` hands it to the training step: the predicted positions laid out on the host.
+    return Pair(with_host_layout(batch), _hf_inputs(batch))
+
+
+def to_device(pair: Pair, device: torch.device) -> Pair:
+    """Both inputs of a batch on `device` (Lightning moves the batch so before the training step)."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    return Pair(move_data_to_device(pair.xlm, device), {k: v.to(device) for k, v in pair.hf.items()})
 
 
 def adamw(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
@@ -104,9 +114,9 @@ def adamw(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused or None)
 
 
-def precision_context(bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU (Lightning's `bf16-mixed`, Trainer's `bf16=True`), or nothing (fp32)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def precision_context(bf16: bool, device: str = "cpu") -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` (Lightning's `bf16-mixed`, Trainer's `bf16=True`), or nothing (fp32)."""
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 class TrainingLoss(nn.Module):
@@ -120,36 +130,46 @@ class TrainingLoss(nn.Module):
     def forward(self, batch: LMBatch) -> torch.Tensor:
         return self.model.masked_lm_loss(
             batch.input_ids,
-            batch.pred_mask,
+            batch.pred_mask if batch.selected is None else batch.selected,
             batch.targets,
             langs=batch.langs,
             position_ids=batch.positions,
             lengths=batch.lengths,
             causal=batch.causal,
+            padded=batch.padded,
         )  # (n_pred,): fused projection + CE at the predicted positions
 
 
 def xlmtrain_step(loss: nn.Module, optimizer: torch.optim.Optimizer, batch: LMBatch, bf16: bool = False) -> None:
     """`PretrainModule.training_step` + Lightning's clipping and optimizer step, without Lightning. `loss` is a
     `TrainingLoss` (or a DDP wrapping one)."""
-    with precision_context(bf16):
+    with precision_context(bf16, batch.input_ids.device.type):
         losses = loss(batch)
     losses.mean().backward()
     nn.utils.clip_grad_norm_(loss.parameters(), XLMTRAIN_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    _finish(batch.input_ids.device)
 
 
 def transformers_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, inputs: dict[str, torch.Tensor], bf16: bool = False
 ) -> None:
     """One `Trainer` step of run_mlm: loss over full-vocabulary logits with -100 labels, clip, AdamW."""
-    with precision_context(bf16):
+    device = inputs["input_ids"].device
+    with precision_context(bf16, device.type):
         loss = model(**inputs).loss
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), TRANSFORMERS_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    _finish(device)
+
+
+def _finish(device: torch.device) -> None:
+    """Wait for the step's kernels (CUDA runs asynchronously; CPU ops are done when they return)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _cycle(fn: Callable[[object], None], items: list) -> Callable[[], None]:
@@ -173,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (CPUs with AVX512-BF16/AMX)")
     parser.add_argument("--unfused-adam", action="store_true", help="for-loop AdamW on both sides")
     parser.add_argument("--quick", action="store_true", help="tiny shape, batch 4 x 32, 1 + 2 steps")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both models and batches on it)")
     args = parser.parse_args(argv)
     if args.quick:
         args.shapes, args.batch_size, args.slen, args.warmup, args.repeats = "tiny", 4, 32, 1, 2
@@ -186,18 +207,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    peak_dtype = torch.bfloat16 if args.bf16 and device.type == "cuda" else torch.float32
     bs, slen = args.batch_size, args.slen
     tokens = bs * slen
-    peaks = [matmul_peak_gflops()]
+    peaks = [matmul_peak_gflops(device=device, dtype=peak_dtype)]
     rows, speedups = [], {}
     for shape in (SHAPES[s] for s in args.shapes.split(",")):
         config = model_config(shape)
-        hf_model = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()
-        # xlmtrain eager, plus xlmtrain compiled in place (as `compile=true` in jobs/pretrain.py::setup) with --compile.
+        hf_model = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train().to(device)
+        # xlmtrain eager, plus xlmtrain compiled in place (as `compile=true` in build) with --compile.
         variants = ["xlmtrain", "xlmtrain compiled"] if args.compile else ["xlmtrain"]
         xlm_models = {}
         for name in variants:
-            xlm_models[name] = XLMWithLMHead(config).train()
+            xlm_models[name] = XLMWithLMHead(config).train().to(device)
             xlm_models[name].load_state_dict(hf_model.state_dict(), strict=False)  # same weights (no position_ids)
             if name == "xlmtrain compiled":
                 xlm_models[name].compile()
@@ -206,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         hf_opt = adamw(hf_model, fused)
         for objective in args.objectives.split(","):
             generator = torch.Generator().manual_seed(1)
-            batches = [make_batch(objective, shape, bs, slen, generator) for _ in range(4)]
+            batches = [to_device(make_batch(objective, shape, bs, slen, generator), device) for _ in range(4)]
             n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
             steps = {
                 name: _cycle(
@@ -220,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                 lambda b, m=hf_model, o=hf_opt: transformers_step(m, o, b.hf, args.bf16), batches
             )
             stats = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats)
-            peaks.append(matmul_peak_gflops())
+            peaks.append(matmul_peak_gflops(device=device, dtype=peak_dtype))
             hf_rate = stats["transformers"].tokens_per_s(tokens)[0]
             ratios = {name: stats[name].tokens_per_s(tokens)[0] / hf_rate for name in xlm_models}
             speedups[(shape.name, objective)] = ratios[variants[-1]]
@@ -238,9 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         row[9] = f"{100 * row[9] / peak:.0f}%"
     print(f"machine: {machine_description(args.threads)}")
-    print(f"fp32 matmul peak (1024x4096x1024 torch.mm): median {peak:.1f} GFLOP/s over {len(peaks)} measurements "
+    what = f"{'bf16' if peak_dtype == torch.bfloat16 else 'fp32'} matmul peak on {device.type}"
+    size = "8192^3" if device.type == "cuda" else "1024x4096x1024"
+    print(f"{what} ({size} torch.mm): median {peak:.1f} GFLOP/s over {len(peaks)} measurements "
           f"({min(peaks):.1f}-{max(peaks):.1f}); batch {bs} x {slen}, warmup {args.warmup}, {args.repeats} timed steps"
-          f"{', xlmtrain compiled' if args.compile else ''}{', bf16 autocast (MFU still vs fp32 peak)' if args.bf16 else ''}"
+          f"{', xlmtrain compiled' if args.compile else ''}"
+          f"{', bf16 autocast' + (' (MFU still vs fp32 peak)' if peak_dtype == torch.float32 else '') if args.bf16 else ''}"
           f"{', unfused AdamW' if args.unfused_adam else ''}")
     header = ["shape", "obj", "framework", "tok/s med", "min", "max", "s/step", "peak RSS MB", "GFLOP/step", "MFU",
               "speedup"]

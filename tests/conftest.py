@@ -12,6 +12,17 @@ REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 
 
+# Fixtures that install or start system services (apt as root): tests using them must be marked slow, so the
+# default suite (`make test` = `-m "not slow"`) never tries to install anything.
+SYSTEM_FIXTURES = {"local_slurm"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [i.nodeid for i in items if SYSTEM_FIXTURES & set(getattr(i, "fixturenames", ())) and not i.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"tests needing root/apt must be marked slow: {unmarked}")
+
+
 @pytest.fixture(autouse=True)
 def _clean_hydra() -> Iterator[None]:
     GlobalHydra.instance().clear()

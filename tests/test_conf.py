@@ -8,7 +8,7 @@ import hydra
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import CONF_DIR, REPO
 from xlmtrain.config_dir import conf_dir
@@ -52,8 +52,27 @@ def test_every_recipe_composes_and_builds(recipe: str) -> None:
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts if g != "hydra"])
 def test_every_group_option_composes(group: str, option: str) -> None:
+    """Selecting an option puts every value its file sets into the composed config (an option extending
+    another, e.g. model=base on tiny, overrides its parent's values), and the result resolves."""
     cfg = _compose([f"{group}={option}"])
+    own = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    if isinstance(own, DictConfig):
+        own.pop("defaults", None)
+    composed = OmegaConf.to_container(cfg[group], resolve=False)
+    expected = OmegaConf.to_container(own, resolve=False)
+    if isinstance(expected, dict):
+        flat_composed, flat_expected = _leaves(composed), _leaves(expected)
+        assert flat_expected and flat_expected.items() <= flat_composed.items(), (
+            {k: (v, flat_composed.get(k)) for k, v in flat_expected.items() if flat_composed.get(k) != v})
+    else:
+        assert composed == expected
     OmegaConf.resolve(cfg)
+
+
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: repr(node)}
 
 
 def test_every_yaml_starts_with_its_command() -> None:
@@ -83,6 +102,13 @@ def test_lightning_names_and_run_dir() -> None:
     assert cfg.callbacks.last.dirpath == "/scratch/r1/checkpoints"
     assert cfg.callbacks.last.every_n_train_steps == cfg.checkpoint.every_n_train_steps
     assert "${now:" not in (CONF_DIR / "hydra" / "default.yaml").read_text()
+
+
+def test_gpu_trainers_default_to_bf16_mixed_and_cpu_stays_fp32() -> None:
+    for group, accelerator, strategy in (("gpu", "gpu", "auto"), ("ddp", "gpu", "ddp")):
+        trainer = _compose([f"trainer={group}"]).trainer
+        assert (trainer.accelerator, trainer.precision, trainer.strategy) == (accelerator, "bf16-mixed", strategy)
+    assert _compose([]).trainer.precision == "32-true"
 
 
 def test_readme_recipes_exist() -> None:

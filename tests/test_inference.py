@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,12 +133,36 @@ def test_fill_mask_bad_input(model_dir: Path) -> None:
         fill_mask(m, "tage " * 30 + "<mask> .", "io")
 
 
+def _printed_completions(out: str) -> list[tuple[float, str]]:
+    """`(probability, token)` of every `   k. P  TOKEN  SEQUENCE` line the fill-mask CLI printed."""
+    return [(float(m[1]), m[2]) for m in re.finditer(r"^\s+\d+\. ([0-9.]+)\s+(\S+)", out, flags=re.M)]
+
+
+def _direct_top(m, text_ids: list[int], k: int) -> list[tuple[float, str]]:
+    """Top-k words (specials excluded) at the mask of `</s> ids </s>`, from a forward of the model itself."""
+    ids = [m.dictionary.eos_index, *text_ids, m.dictionary.eos_index]
+    probs = _direct_probs(m.model, ids, m.languages["io"])[ids.index(m.dictionary.mask_index)]
+    probs[:N_SPECIALS] = 0
+    top = probs.topk(k)
+    return [(p, m.dictionary[i]) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+def _io_ids(m, left: str, right: str) -> list[int]:
+    return [*m.tokenizer.encode(left, "io"), m.dictionary.mask_index, *m.tokenizer.encode(right, "io")]
+
+
 def test_fill_mask_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = load_inference_model(model_dir)
     batch = tmp_path / "batch.txt"
     batch.write_text("tage <mask> dega .\n\nlodas <mask> reven .\n", encoding="utf-8")
     assert fill_mask_cli.main([str(model_dir), "--lang", "io", "--top-k", "2", "--input", str(batch)]) == 0
     out = capsys.readouterr().out
-    assert out.count(" 1. ") == 2 and out.count(" 2. ") == 2 and "lodas <mask> reven ." in out
+    assert "lodas <mask> reven ." in out
+    # The printed words and probabilities are the model's own top 2 at each mask (4 decimals printed).
+    expected = _direct_top(m, _io_ids(m, "tage", "dega ."), 2) + _direct_top(m, _io_ids(m, "lodas", "reven ."), 2)
+    printed = _printed_completions(out)
+    assert [t for _, t in printed] == [t for _, t in expected]
+    assert [p for p, _ in printed] == pytest.approx([p for p, _ in expected], abs=5e-5)
     batch.write_text("tage <mask> dega .\nno mask here\n", encoding="utf-8")
     assert fill_mask_cli.main([str(model_dir), "--lang", "io", "--input", str(batch)]) == 2
     err = capsys.readouterr().err.strip()
@@ -147,12 +172,16 @@ def test_fill_mask_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_fill_mask_module_entry_point(model_dir: Path) -> None:
+    """`python -m xlmtrain.fill_mask` prints the model's own top prediction with its probability."""
     proc = subprocess.run(
         [sys.executable, "-m", "xlmtrain.fill_mask", str(model_dir), "tage <mask> dega .", "--lang", "io", "--top-k", "1"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert " 1. " in proc.stdout
+    m = load_inference_model(model_dir)
+    ((p, token),) = _printed_completions(proc.stdout)
+    ((p_expected, token_expected),) = _direct_top(m, _io_ids(m, "tage", "dega ."), 1)
+    assert token == token_expected and p == pytest.approx(p_expected, abs=5e-5)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -195,9 +224,21 @@ def test_embed_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "e.npy"
     args = [str(model_dir), "--input", str(src), "--lang", "io", "--output", str(out), "--pooling", "mean", "--no-progress"]
     assert embed_cli.main(args) == 0
-    assert np.load(out).shape == (2, 32)
     assert "wrote 2 x 32 embeddings" in capsys.readouterr().out
     args.append("--overwrite")  # the output exists now (tests/test_cli_outputs.py: refused without it)
+    # The vectors are the model's: mean of the last block over `</s> ids </s>` of each line, with io's lang id;
+    # and --layer picks the hidden state (1 = the first block's output).
+    m = load_inference_model(model_dir)
+    for layer in (None, 1):
+        if layer is not None:
+            assert embed_cli.main([*args, "--layer", str(layer)]) == 0
+        for row, line in enumerate(["tage daguar dega .", "lodas ."]):
+            x = torch.tensor([[1, *m.tokenizer.encode(line, "io"), 1]])
+            with torch.no_grad():
+                hidden = m.model.transformer.encode(x, langs=torch.full_like(x, m.languages["io"]), output_hidden_states=True)
+            expected = hidden.hidden_states[-1 if layer is None else layer][0].mean(0)
+            np.testing.assert_allclose(np.load(out)[row], expected.numpy(), rtol=1e-4, atol=1e-5)
+    capsys.readouterr()
     assert embed_cli.main([*args, "--layer", "7"]) == 2
     assert capsys.readouterr().err.strip() == "error: layer 7 out of range for a 2-layer model (0 = embeddings, -1 = last block)"
     src.write_bytes(b"ok\n\xff\xfe\n")

@@ -120,6 +120,39 @@ def test_head_parity(head: str, case: str) -> None:
     assert abs(expected_loss.item() - got_loss.item()) <= TOL
 
 
+# In float64 the two agree to ~2e-8 (transformers' XLM takes its attention softmax in float32 even in float64:
+# `softmax(scores.float())`), so a 1e-7 tolerance separates real differences from that noise: an FFN scaled by
+# 1.0001 moves every head's outputs by >= 1e-6 (fp32 at 1e-5 misses it on the multiple-choice and QA heads).
+TOL64 = 1e-7
+
+
+# Not the all-pad row: transformers gives NaN there in float64 (its fp32 outputs are finite and compared above).
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"empty_row_mask"}))
+@pytest.mark.parametrize("head", sorted(HF_CLASSES))
+def test_head_parity_float64(head: str, case: str) -> None:
+    changes, padding, extras = CASES[case]
+    gen = torch.Generator().manual_seed(1)
+    inputs = make_inputs(changes, padding, extras, gen)
+    if head == "multiple_choice":
+        if "lengths" in inputs:
+            lengths = inputs.pop("lengths")
+            inputs["attention_mask"] = (torch.arange(SLEN)[None, :] < lengths[:, None]).long()
+        inputs = {k: v[None] for k, v in inputs.items()}
+    hf, ours = make_pair(head, changes)
+    hf, ours = hf.double(), ours.double()
+    labels = head_labels(head, gen)
+    with torch.no_grad():
+        expected, got = hf(**inputs), ours(**inputs)
+        losses = hf(**inputs, **labels).loss, ours(**inputs, **labels).loss
+    fields = {
+        "question_answering": ["start_top_log_probs", "end_top_log_probs", "cls_logits"],
+        "question_answering_simple": ["start_logits", "end_logits"],
+    }.get(head, ["logits"])
+    for field, (a, b) in [("loss", losses), *((f, (getattr(expected, f), getattr(got, f))) for f in fields)]:
+        assert a.dtype == b.dtype == torch.float64 and a.shape == b.shape, field
+        assert (a - b).abs().max().item() <= TOL64, (field, (a - b).abs().max().item())
+
+
 def test_hidden_states_match_every_layer_and_padding_is_zero() -> None:
     hf, ours = make_pair("lm", dict(n_langs=3))
     inputs = make_inputs(dict(n_langs=3), "empty_row", ("langs",), torch.Generator().manual_seed(2))

@@ -8,24 +8,38 @@ import pytest
 import torch
 
 from xlmtrain.data.preprocessed import PreprocessedData
+from xlmtrain.data.streams import ParallelBatches
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
+from xlmtrain.objectives.masking import mask_tokens_eval
 from xlmtrain.objectives.probe import context_accuracy
 
 
 def test_probe_runs_same_targets_in_both_conditions(synthetic_prep: Path) -> None:
+    """A model whose output bias makes "." win everywhere is right exactly where "." is a target, with or
+    without the context: both conditions score the share of "." among XLM's eval-masked targets, counted
+    here from the vo sentences and `mask_tokens_eval` with the probe's documented seeds (seed + batch number)."""
     data = PreprocessedData(synthetic_prep)
+    dot = data.dictionary.index(".")
     torch.manual_seed(0)
     config = XLMConfig(vocab_size=len(data.dictionary), emb_dim=32, n_layers=1, n_heads=2, n_langs=2)
     model = XLMWithLMHead(config)
-    # A model whose output bias makes one word win everywhere predicts the same thing in both layouts.
     with torch.no_grad():
         model.pred_layer.proj.bias.fill_(-1e4)
-        model.pred_layer.proj.bias[20] = 1e4
+        model.pred_layer.proj.bias[dot] = 1e4
+    io, vo = data.parallel("valid", "io", "vo")
+    n_dot = n_targets = 0
+    batches = ParallelBatches(io, vo, batch_size=32, max_len=None, group_by_size=False, shuffle=False)
+    for j, (_, (ids, lengths)) in enumerate(batches):  # the probe's vo batches, in corpus order
+        masked = mask_tokens_eval(ids, lengths, mask_index=5, generator=torch.Generator().manual_seed(j))
+        n_dot += int((masked.targets == dot).sum())
+        n_targets += masked.targets.numel()
+    expected = 100.0 * n_dot / n_targets
+    assert 3.0 < expected < 30.0  # "." is one target in several, never none or all
     alone = context_accuracy(model, data, "io", "vo", with_context=False)
     paired = context_accuracy(model, data, "io", "vo", with_context=True)
-    assert alone == paired
-    assert 0.0 <= alone < 50.0
+    assert alone == pytest.approx(expected, abs=1e-9)
+    assert paired == pytest.approx(expected, abs=1e-9)
 
 
 def test_one_word_targets_skip_the_given_words(synthetic_prep: Path) -> None:

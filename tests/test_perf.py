@@ -115,18 +115,56 @@ def test_step_stats_and_table() -> None:
     stats = benchlib.StepStats([2.0, 1.0, 4.0])
     assert stats.tokens_per_s(8) == (4.0, 2.0, 8.0)
     assert stats.median_s == 2.0
+    # An even number of steps: tokens over the median time (8 / 1.5), not the mean of the two middle rates (6).
+    assert benchlib.StepStats([1.0, 2.0]).tokens_per_s(8)[0] == pytest.approx(16 / 3)
     table = benchlib.format_table(["a", "bb"], [[1, 22], [333, 4]])
     assert table.splitlines() == ["| a   | bb |", "|-----|----|", "| 1   | 22 |", "| 333 | 4  |"]
 
 
 def test_train_step_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    """The benchmark runs, and the speedups it prints are what its own table says: the ratio of the median step
+    times (tokens per step are the same on both sides), i.e. transformers' s/step over xlmtrain's."""
     import train_step
 
     train_step.main(["--quick"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("tiny mlm speedup vs transformers: ") and lines[-1].endswith("x")
-    assert float(lines[-1].split(": ")[1][:-1]) > 0
-    assert sum("| tiny " in line for line in lines) == 4  # mlm + tlm, xlmtrain + transformers
+    rows = {(cells[1], cells[2]): cells for line in lines if line.startswith("| tiny ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}  # fmt: skip
+    assert set(rows) == {(o, f) for o in ("mlm", "tlm") for f in ("xlmtrain", "transformers")}
+    for objective in ("mlm", "tlm"):
+        ours, theirs = rows[objective, "xlmtrain"], rows[objective, "transformers"]
+        by_time = float(theirs[6]) / float(ours[6])  # s/step columns, 3 decimals
+        assert float(ours[10].rstrip("x")) == pytest.approx(by_time, rel=0.02, abs=0.01), (ours, theirs)
+        assert float(ours[3]) * float(ours[6]) == pytest.approx(4 * 32, rel=0.02)  # tok/s x s/step = batch x slen
+    speedup = lines[-1]
+    assert speedup.startswith("tiny mlm speedup vs transformers: ") and speedup.endswith("x")
+    assert speedup.split(": ")[1] == rows["mlm", "xlmtrain"][10]
+
+
+def test_train_step_sides_compute_the_same_loss_and_gradients() -> None:
+    """The two timed steps do the same work: on the same weights and batch, xlmtrain's training loss (fused,
+    at the predicted positions) equals transformers' `run_mlm` loss, and so do the gradients."""
+    import train_step
+    from transformers import XLMConfig as HFXLMConfig
+    from transformers import XLMWithLMHeadModel
+
+    shape = benchlib.SHAPES["tiny"]
+    config = train_step.model_config(shape).replace(dropout=0.0, attention_dropout=0.0)
+    hf = XLMWithLMHeadModel(HFXLMConfig(**config.to_dict())).train()
+    ours = XLMWithLMHead(config).train()
+    ours.load_state_dict(hf.state_dict(), strict=False)
+    for objective in ("mlm", "tlm"):
+        pair = train_step.make_batch(objective, shape, 4, 32, torch.Generator().manual_seed(3))
+        hf.zero_grad()
+        ours.zero_grad()
+        theirs_loss = hf(**pair.hf).loss
+        ours_loss = train_step.TrainingLoss(ours)(pair.xlm).mean()
+        torch.testing.assert_close(ours_loss, theirs_loss, rtol=1e-5, atol=1e-6)
+        theirs_loss.backward()
+        ours_loss.backward()
+        theirs_grads = dict(hf.named_parameters())
+        for name, param in ours.named_parameters():
+            torch.testing.assert_close(param.grad, theirs_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_train_step_batches_agree() -> None:
@@ -150,10 +188,15 @@ def test_data_wait_quick(tmp_path: Path) -> None:
     assert 0.0 < fraction < 1.0
 
 
-@pytest.mark.slow
-def test_ddp_scaling_quick() -> None:
+def test_ddp_scaling_table_by_hand(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """What `benchmarks/ddp_scaling.py` computes from the step times (the timed DDP runs themselves are replaced:
+    `tests/test_ddp.py` runs DDP for real): tokens/s = processes x batch x slen / median step seconds,
+    efficiency = tokens/s / (processes x the 1-process 1-thread rate)."""
     import ddp_scaling
 
-    rates = ddp_scaling.main(["--quick"])
-    assert set(rates) == {(1, 2), (1, 1), (2, 1)} and all(r > 0 for r in rates.values())
-
+    seconds = {(1, 2): [1.0, 2.0, 9.0], (1, 1): [2.0, 2.0, 2.0], (2, 1): [2.0, 3.0, 4.0]}
+    monkeypatch.setattr(ddp_scaling, "run_layout", lambda args, p, t: (seconds[p, t], 100.0))
+    rates = ddp_scaling.main(["--quick"])  # batch 4 x slen 32 per process: 128 tokens
+    assert rates == {(1, 2): 64.0, (1, 1): 64.0, (2, 1): pytest.approx(256 / 3)}
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 ")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")] == ["2", "1", "85", "64", "128", "1.33x", "67%", "100"]

@@ -61,7 +61,17 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
         assert (run / name).is_file(), name
     rows = read_metrics(run / "metrics.csv")
     assert any("valid_io-vo_tlm_ppl" in r and "valid_io-vo_tlm_acc" in r for r in rows)
-    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    # The best checkpoint is the validation with the lowest objective.monitor (valid_tlm_ppl for tlm, mode min).
+    validations = [(r["valid_tlm_ppl"], int(r["step"])) for r in rows if "valid_tlm_ppl" in r]
+    assert len(validations) == 2 and validations[0][0] != validations[1][0]
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    best_step = torch.load(best, weights_only=True, map_location="cpu")["global_step"]
+    assert best_step == min(validations)[1] + 1, (best, validations)  # rows carry the step before the update count
+    # The lr each update used (logged in training_step) is the warmup + inverse-sqrt schedule by hand:
+    # peak 3e-3, 5 warmup steps from 1e-7 (TINY), then 3e-3 * sqrt(5 / step).
+    lrs = {int(r["step"]): r["lr"] for r in rows if "lr" in r}
+    assert lrs[0] == pytest.approx(1e-7) and lrs[2] == pytest.approx(1e-7 + 2 * (3e-3 - 1e-7) / 5)
+    assert lrs[5] == pytest.approx(3e-3) and lrs[20] == pytest.approx(3e-3 / 2) and lrs[39] == pytest.approx(3e-3 * (5 / 39) ** 0.5)
 
     # Same logits from the Lightning module's model and from transformers on a TLM batch.
     module, _, data = setup(pretrain_settings(_cfg(synthetic_prep, tmp_path / "unused", "tlm")))

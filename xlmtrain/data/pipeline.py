@@ -324,7 +324,8 @@ def binarize_jobs(plan: BuildPlan, jobs: list[Job], work: Path, dico: Dictionary
 
 
 def write_corpora(plan: BuildPlan, jobs: list[Job], work: Path, dtype: str, out: Path) -> list[str]:
-    """Step 4: join the jobs' arrays into the corpora under `out` (job files removed as they are used);
+    """Step 4: join the jobs' arrays into the corpora under `out` (the job files stay until the build is done:
+    a re-run after a kill here skips the finished jobs and needs them);
     returns the file names written."""
     files = []
     for src in plan.sources:

@@ -21,7 +21,12 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
-from xlmtrain.inference.loading import EncodedLine, InferenceModel, pad_batch
+from xlmtrain.inference.loading import (
+    EncodedLine,
+    InferenceModel,
+    model_device,
+    pad_batch,
+)
 from xlmtrain.inference.textio import count_lines, read_lines
 from xlmtrain.model.heads import XLMHeadModel
 
@@ -74,23 +79,26 @@ def embed_ids(
     """Embeddings (n, dim) float32 of already wrapped id lists (`</s> .. </s>`), in input order.
 
     `lang_id` is fed as `langs` (None: no language ids; a model without language embeddings ignores them);
-    padding is the model's `config.pad_index`. Raises ValueError on a bad pooling or layer.
+    padding is the model's `config.pad_index`. Inputs go to the model's device; the result is on the CPU.
+    Raises ValueError on a bad pooling or layer.
     """
     config = model.config
+    device = model_device(model)
     check_pooling(pooling, layer, config.n_layers)
     out = torch.empty(len(lines), config.emb_dim)  # (n, dim)
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = pad_batch([list(lines[i]) for i in rows], config.pad_index, lang_id)
+        inputs = pad_batch([list(lines[i]) for i in rows], config.pad_index, lang_id, device)
         encoded = model.transformer.encode(**inputs, output_hidden_states=layer != -1)
         hidden = encoded.last_hidden_state if layer == -1 else encoded.hidden_states[layer]  # (bs, slen, dim)
         if pooling == "first":
             pooled = hidden[:, 0]  # (bs, dim)
         else:
-            keep = (torch.arange(hidden.shape[1])[None, :] < inputs["lengths"][:, None]).to(hidden.dtype)  # (bs, slen)
+            positions = torch.arange(hidden.shape[1], device=device)
+            keep = (positions[None, :] < inputs["lengths"][:, None]).to(hidden.dtype)  # (bs, slen)
             pooled = (hidden * keep[..., None]).sum(1) / inputs["lengths"][:, None].to(hidden.dtype)  # (bs, dim)
-        out[torch.as_tensor(rows)] = pooled.float()
+        out[torch.as_tensor(rows)] = pooled.float().cpu()
     return out
 
 

@@ -103,13 +103,21 @@ def wrap_sentence(ids: list[int], eos_index: int, max_len: int) -> EncodedLine:
     return EncodedLine([eos_index, *ids[:keep], eos_index], truncated=len(ids) > keep, empty=not ids)
 
 
-def pad_batch(lines: list[list[int]], pad_index: int, lang_id: int | None) -> dict[str, Tensor]:
-    """Right-padded `input_ids` (bs, slen), `lengths` (bs,) and, when `lang_id` is given, constant `langs`."""
+def pad_batch(
+    lines: list[list[int]], pad_index: int, lang_id: int | None, device: torch.device | None = None
+) -> dict[str, Tensor]:
+    """Right-padded `input_ids` (bs, slen), `lengths` (bs,) and, when `lang_id` is given, constant `langs`, on
+    `device` (the model's: inputs built on the CPU would not reach a model on a GPU; default CPU)."""
     input_ids, lengths = pad_right(lines, pad_index)  # (bs, slen), (bs,)
     inputs = {"input_ids": input_ids, "lengths": lengths}
     if lang_id is not None:
         inputs["langs"] = torch.full_like(input_ids, lang_id)
-    return inputs
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in inputs.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's parameters (where its inputs must be)."""
+    return next(model.parameters()).device
 
 
 def load_inference_model(

@@ -29,7 +29,14 @@ import torch
 
 from xlmtrain.data.dictionary import MASK_WORD, N_SPECIALS
 from xlmtrain.data.moses import detokenize
-from xlmtrain.inference.loading import EncodedLine, InferenceModel, as_inference_model, pad_batch, wrap_sentence
+from xlmtrain.inference.loading import (
+    EncodedLine,
+    InferenceModel,
+    as_inference_model,
+    model_device,
+    pad_batch,
+    wrap_sentence,
+)
 
 MASK_ALIAS = "<mask>"
 _MASK_SPLIT = re.compile(f"({re.escape(MASK_ALIAS)}|{re.escape(MASK_WORD)})")
@@ -112,7 +119,7 @@ def fill_masks(
     results: list[list[MaskPrediction]] = []
     for start in range(0, len(encoded), batch_size):
         rows = encoded[start : start + batch_size]
-        inputs = pad_batch(rows, model.dictionary.pad_index, lang_id)
+        inputs = pad_batch(rows, model.dictionary.pad_index, lang_id, model_device(model.model))
         pred_mask = inputs["input_ids"] == mask_index  # (bs, slen); padding is never the mask id
         logits = model.model(**inputs, pred_mask=pred_mask).logits  # (n_masks, vocab), row-major
         probs = logits.float().softmax(-1)

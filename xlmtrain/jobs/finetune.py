@@ -33,6 +33,7 @@ from xlmtrain.tasks.readers import Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
+from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.run_data import read_run_data
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class _Setup:
 def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     """Run one fine-tuning job; returns the summary (results by split and language)."""
     pl.seed_everything(settings.seed, workers=True)
+    enable_tf32_on_cuda()
     job = setup(settings)
     trainer, best = _trainer(settings)
     fit(job, trainer, best)

@@ -34,9 +34,10 @@ from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBat
 from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
 from xlmtrain.objectives.streams import StreamSpec
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
+from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
-from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
+from xlmtrain.training.resume import ResumeAgreement, find_resume_checkpoint, truncate_metrics_csv, validated_step
 from xlmtrain.training.run_data import write_run_data
 
 TrainerFactory = Callable[..., pl.Trainer]
@@ -150,6 +151,7 @@ def pretrain(settings: PretrainSettings) -> dict[str, Any]:
 def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
     """The module (model, streams, batch sources), the trainer and the data of a run."""
     pl.seed_everything(settings.seed, workers=True)
+    enable_tf32_on_cuda()
     data = PreprocessedData(resolve_data(settings.data, settings.cache_dir))
     specs = expand_streams(settings.objective.streams, data)
     config = model_config(settings.model, data, settings.embed_init_std)
@@ -195,12 +197,15 @@ def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer)
             # Rows a killed run flushed after its last checkpoint are logged again by this run.
             truncate_metrics_csv(metrics, validated_step(ckpt_path))
             print(f"[xlmtrain] resuming from {ckpt_path}", flush=True)
+    trainer.callbacks.append(ResumeAgreement(ckpt_path))  # every rank must have picked rank 0's checkpoint
     trainer.fit(module, ckpt_path=ckpt_path)
 
 
 def report(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer, data: PreprocessedData) -> dict[str, Any]:
     """Final checkpoint, export, plot and summary of a run that trained to the end."""
     run_dir = settings.run_dir
+    # After fit, teardown has moved the module to the CPU; the RNG gather of `on_save_checkpoint` still runs on
+    # the strategy's root device (NCCL refuses CPU tensors), so this save works on GPUs too.
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": trainer.global_step}
     if trainer.is_global_zero:

@@ -16,7 +16,12 @@ from torch import Tensor, nn
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.losses import linear_cross_entropy
 from xlmtrain.model.tied_embedding import TiedGradSlot
-from xlmtrain.model.transformer import EncoderOutput, XLMTransformer, init_weights
+from xlmtrain.model.transformer import (
+    EncoderOutput,
+    SelectedPositions,
+    XLMTransformer,
+    init_weights,
+)
 
 
 @dataclass
@@ -87,8 +92,9 @@ class XLMPredLayer(nn.Module):
         self.proj = nn.Linear(config.emb_dim, config.vocab_size)
 
 
-def _check_pred_mask(pred_mask: Tensor, input_ids: Tensor) -> None:
-    if pred_mask.dtype != torch.bool or pred_mask.shape != input_ids.shape:
+def _check_pred_mask(pred_mask: Tensor | SelectedPositions, input_ids: Tensor) -> None:
+    mask = pred_mask.mask if isinstance(pred_mask, SelectedPositions) else pred_mask
+    if mask.dtype != torch.bool or mask.shape != input_ids.shape:
         raise ValueError(f"pred_mask must be a bool tensor of shape {tuple(input_ids.shape)}")
 
 
@@ -106,7 +112,7 @@ class XLMWithLMHead(XLMHeadModel):
         input_ids: Tensor,
         *,
         labels: Tensor | None = None,
-        pred_mask: Tensor | None = None,
+        pred_mask: Tensor | SelectedPositions | None = None,
         output_hidden_states: bool = False,
         **inputs: Tensor | bool | None,
     ) -> LMOutput:
@@ -115,7 +121,8 @@ class XLMWithLMHead(XLMHeadModel):
         Args:
             input_ids: (bs, slen).
             labels: (bs, slen) targets, or (n_pred,) with `pred_mask`.
-            pred_mask: bool (bs, slen): compute logits only there, row-major, as `(n_pred, vocab)`.
+            pred_mask: bool (bs, slen), or its `SelectedPositions` layout (no host sync): compute logits only
+                there, row-major, as `(n_pred, vocab)`.
             output_hidden_states: return every layer's output in `hidden_states`.
             **inputs: encoder inputs (`attention_mask`, `langs`, `position_ids`, `lengths`, `causal`, ...).
         """
@@ -130,8 +137,11 @@ class XLMWithLMHead(XLMHeadModel):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
         return LMOutput(logits, loss, encoded.hidden_states)
 
-    def masked_lm_loss(self, input_ids: Tensor, pred_mask: Tensor, targets: Tensor, **inputs: Tensor | bool | None) -> Tensor:
-        """Per-target cross-entropy `(n_pred,)` at `pred_mask` (row-major), the training path: the encoder's
+    def masked_lm_loss(
+        self, input_ids: Tensor, pred_mask: Tensor | SelectedPositions, targets: Tensor, **inputs: Tensor | bool | None
+    ) -> Tensor:
+        """Per-target cross-entropy `(n_pred,)` at `pred_mask` (a bool mask or, with no host sync, its
+        `SelectedPositions` layout; row-major), the training path: the encoder's
         last block and the projection run only at those rows, and projection + CE are one fused node
         (`linear_cross_entropy`) that never returns the logits. Same numbers as `forward(...).logits` + CE."""
         _check_pred_mask(pred_mask, input_ids)

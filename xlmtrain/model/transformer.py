@@ -27,6 +27,32 @@ class EncoderOutput:
     """n_layers + 1 tensors (bs, slen, dim): the embedding output, then each block's output."""
 
 
+@dataclass
+class SelectedPositions:
+    """Where `encode` computes outputs (`output_positions`), laid out beforehand: built on the CPU with the batch
+    (`select_positions`), it spares the encoder the host syncs a bool mask needs (its per-row maximum, boolean
+    indexing). A dataclass of tensors, so Lightning moves it to the device with the batch."""
+
+    mask: Tensor
+    """bool (bs, slen): the selected positions."""
+    slots: Tensor
+    """long (bs, m), m = max selected per row: each row's selected positions in increasing order, then filler."""
+    used: Tensor
+    """long (n_sel,): indices of the selected slots in the flattened (bs * m) slots, row-major."""
+    flat: Tensor
+    """long (n_sel,): indices of the selected positions in the flattened (bs * slen) positions, row-major."""
+
+
+def select_positions(mask: Tensor) -> SelectedPositions:
+    """The layout of the bool (bs, slen) `mask`; reads its per-row maximum (free on the CPU, a sync elsewhere)."""
+    counts = mask.sum(dim=1)  # (bs,)
+    m = int(counts.max()) if mask.size(0) else 0
+    # A stable sort puts each row's selected positions first, in increasing order.
+    slots = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :m]  # (bs, m)
+    used = torch.arange(m, device=mask.device)[None, :] < counts[:, None]  # (bs, m)
+    return SelectedPositions(mask, slots, used.flatten().nonzero().squeeze(1), mask.flatten().nonzero().squeeze(1))
+
+
 def sinusoidal_table(n_positions: int, dim: int) -> Tensor:
     """XLM's position table: `pos / 10000**(2*(j//2)/dim)`, sin on even columns, cos on odd ones. (n_pos, dim)."""
     pos = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (n_pos, 1)
@@ -52,6 +78,14 @@ def init_weights(module: nn.Module, config: XLMConfig) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype matmuls on `tensor` run in: the autocast dtype of its device when autocast is on."""
+    device = tensor.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return tensor.dtype
 
 
 class MultiHeadAttention(nn.Module):
@@ -186,8 +220,9 @@ class XLMTransformer(nn.Module):
         lengths: Tensor | None = None,
         causal: bool | None = None,
         output_hidden_states: bool = False,
-        output_positions: Tensor | None = None,
+        output_positions: Tensor | SelectedPositions | None = None,
         word_grad_slot: TiedGradSlot | None = None,
+        padded: bool | None = None,
     ) -> EncoderOutput:
         """Run the encoder.
 
@@ -202,38 +237,94 @@ class XLMTransformer(nn.Module):
             causal: lower-triangular attention; default `config.causal`. Padding is not combined into a
                 causal mask (as XLM and transformers): with right padding it cannot be reached anyway.
             output_hidden_states: also return the embedding output and every block's output.
-            output_positions: bool (bs, slen): `last_hidden_state` is then `(n_sel, dim)`, the final hidden
-                states at these positions in row-major order, equal to the full computation gathered there.
-                The last block computes keys and values at every position but its queries, attention
-                output, LayerNorms and FFN only at the selected ones (MLM/TLM: ~15% of the rows). In training
-                mode the dropout draws differ from the full path (same distribution). With
-                `output_hidden_states` the full path runs and its last state is gathered.
+            output_positions: bool (bs, slen), or its `SelectedPositions` layout built with the batch (no host
+                sync): `last_hidden_state` is then `(n_sel, dim)`, the final hidden states at these positions
+                in row-major order, equal to the full computation gathered there. Non-causal: the last block
+                computes keys and values at every position but its queries, attention output, LayerNorms and
+                FFN only at the selected ones (MLM/TLM: ~15% of the rows); in training mode the dropout draws
+                differ from the full path (same distribution). Causal, or with `output_hidden_states`: the full
+                path runs and its last state is gathered.
             word_grad_slot: the word lookup's weight gradient is this slot's (filled by a tied LM head's fused
                 loss) plus the looked-up rows: see `tied_embedding`.
+            padded: whether any position is masked, if the caller knows it on the host (pretraining batches
+                do); None: read from the mask (a host sync on accelerators, skipped for causal attention).
 
         Raises:
             ValueError: on shapes that do not match `input_ids` or sequences longer than the position table.
         """
-        bs, slen = input_ids.shape
         causal = self.config.causal if causal is None else causal
+        selected = self._check_inputs(input_ids, attention_mask, langs, position_ids, output_positions)
+        attention_mask = self._attention_mask(input_ids, attention_mask, lengths)  # (bs, slen), nonzero = keep
+        tensor = self._embed(input_ids, langs, token_type_ids, position_ids, word_grad_slot)  # (bs, slen, dim)
+        if padded is None:
+            padded = self._has_padding(attention_mask, causal)
+        mask = attention_mask.unsqueeze(-1).to(tensor.dtype) if padded else None  # (bs, slen, 1)
+        if mask is not None:
+            tensor = tensor * mask  # multiplies as transformers does
+        attn_bias = self._padding_bias(attention_mask, tensor) if padded and not causal else None
+
+        hidden_states = [tensor] if output_hidden_states else None
+        # MLM/TLM: the last block only at the selected rows. Causal attention keeps its full last block with
+        # `is_causal` (flash-eligible; CLM predicts almost every position anyway) and gathers afterwards.
+        last_selected = selected is not None and not output_hidden_states and not causal
+        for i in range(self.config.n_layers - 1 if last_selected else self.config.n_layers):
+            tensor = self._block(i, tensor, attn_bias, causal)
+            if mask is not None:
+                tensor = tensor * mask
+            if hidden_states is not None:
+                hidden_states.append(tensor)
+        states = tuple(hidden_states) if hidden_states is not None else None
+        if selected is None:
+            return EncoderOutput(tensor, states)
+        if not last_selected:
+            return EncoderOutput(_rows(tensor, selected.flat), states)
+        return EncoderOutput(self._selected_block(tensor, selected, attn_bias, mask))
+
+    def _check_inputs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        langs: Tensor | None,
+        position_ids: Tensor | None,
+        output_positions: Tensor | SelectedPositions | None,
+    ) -> SelectedPositions | None:
+        """Raise ValueError on shapes unlike `input_ids`' or a sequence longer than the position table; return
+        the selected positions' layout (computed here from a bool mask: a host sync off the CPU)."""
+        bs, slen = input_ids.shape
         if slen > self.config.max_position_embeddings:
             limit = self.config.max_position_embeddings
             raise ValueError(f"sequence length {slen} exceeds max_position_embeddings={limit}")
+        selected_mask = output_positions.mask if isinstance(output_positions, SelectedPositions) else output_positions
         named = (("attention_mask", attention_mask), ("langs", langs), ("position_ids", position_ids))
-        for name, tensor in (*named, ("output_positions", output_positions)):
+        for name, tensor in (*named, ("output_positions", selected_mask)):
             if tensor is not None and tensor.shape != (bs, slen):
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {(bs, slen)} like input_ids")
-        if output_positions is not None and output_positions.dtype != torch.bool:
-            raise ValueError(f"output_positions must be a bool tensor, got {output_positions.dtype}")
-        if attention_mask is None:
-            if lengths is None:
-                lengths = (input_ids != self.config.pad_index).sum(dim=1)  # (bs,)
-            positions = torch.arange(slen, device=input_ids.device)
-            attention_mask = positions[None, :] < lengths[:, None]  # (bs, slen)
-        keep = attention_mask != 0  # (bs, slen)
+        if selected_mask is not None and selected_mask.dtype != torch.bool:
+            raise ValueError(f"output_positions must be a bool tensor, got {selected_mask.dtype}")
+        if output_positions is None or isinstance(output_positions, SelectedPositions):
+            return output_positions
+        return select_positions(output_positions)
 
+    def _attention_mask(self, input_ids: Tensor, attention_mask: Tensor | None, lengths: Tensor | None) -> Tensor:
+        """`attention_mask` as given, else from `lengths` (default: the non-pad count of each row). (bs, slen)."""
+        if attention_mask is not None:
+            return attention_mask
+        if lengths is None:
+            lengths = (input_ids != self.config.pad_index).sum(dim=1)  # (bs,)
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        return positions[None, :] < lengths[:, None]  # (bs, slen)
+
+    def _embed(
+        self,
+        input_ids: Tensor,
+        langs: Tensor | None,
+        token_type_ids: Tensor | None,
+        position_ids: Tensor | None,
+        word_grad_slot: TiedGradSlot | None,
+    ) -> Tensor:
+        """Words + positions (+ languages, + token types through the word table) -> LayerNorm -> dropout."""
         if position_ids is None:
-            position_ids = torch.arange(slen, device=input_ids.device)[None, :]  # (1, slen)
+            position_ids = torch.arange(input_ids.size(1), device=input_ids.device)[None, :]  # (1, slen)
         if word_grad_slot is None:
             words = self.embeddings(input_ids)  # (bs, slen, dim)
         else:
@@ -243,43 +334,32 @@ class XLMTransformer(nn.Module):
             tensor = tensor + self.lang_embeddings(langs)
         if token_type_ids is not None:
             tensor = tensor + self.embeddings(token_type_ids)
-        tensor = self.layer_norm_emb(tensor)
-        tensor = dropout(tensor, self.config.dropout, self.training)
-        # Without padding the hidden-state mask is all ones: skip its multiplies (one pass fwd + bwd per layer).
-        # Knowing it is a host sync: free on CPU, and already needed for the bias of non-causal attention, so
-        # causal runs on accelerators keep the multiplies rather than add a sync. Under torch.compile the
-        # multiplies are fused into neighbouring kernels, so they stay, and the graph has no break here.
-        if torch.compiler.is_compiling() or (causal and input_ids.device.type != "cpu"):
-            padded = True
-        else:
-            padded = not bool(keep.all())
-        mask = None
-        if padded:
-            mask = attention_mask.unsqueeze(-1).to(tensor.dtype)  # (bs, slen, 1), multiplies as transformers does
-            tensor = tensor * mask
+        return dropout(self.layer_norm_emb(tensor), self.config.dropout, self.training)
 
-        attn_bias = None
-        if not causal and padded:
-            # Additive finfo.min rather than a boolean mask: a query whose keys are all masked then gets
-            # uniform weights, exactly as transformers' masked_fill(finfo.min), instead of NaN.
-            attn_bias = torch.zeros(bs, 1, 1, slen, dtype=tensor.dtype, device=tensor.device)
-            attn_bias.masked_fill_(~keep[:, None, None, :], torch.finfo(tensor.dtype).min)  # (bs, 1, 1, slen)
+    @staticmethod
+    def _has_padding(attention_mask: Tensor, causal: bool) -> bool:
+        """Whether any position is masked, when the caller did not say (`padded`).
 
-        hidden_states = [tensor] if output_hidden_states else None
-        n_full = self.config.n_layers
-        if output_positions is not None and not output_hidden_states:
-            n_full -= 1  # the last block runs on the selected rows only (`_selected_block`)
-        for i in range(n_full):
-            tensor = self._block(i, tensor, attn_bias, causal)
-            if mask is not None:
-                tensor = tensor * mask
-            if hidden_states is not None:
-                hidden_states.append(tensor)
-        if output_positions is None:
-            return EncoderOutput(tensor, tuple(hidden_states) if hidden_states is not None else None)
-        if hidden_states is not None:
-            return EncoderOutput(tensor[output_positions], tuple(hidden_states))
-        return EncoderOutput(self._selected_block(tensor, output_positions, attn_bias, mask, causal))
+        Without padding the hidden-state mask multiplies are skipped (one pass fwd + bwd per layer). Knowing it
+        is a host sync: free on CPU; on accelerators causal runs keep the multiplies rather than sync (the
+        non-causal ones sync, unless the batch says `padded`, as pretraining batches do). Under torch.compile
+        the multiplies are fused into neighbouring kernels, so they stay, and the graph has no break here.
+        """
+        if torch.compiler.is_compiling() or (causal and attention_mask.device.type != "cpu"):
+            return True
+        return not bool((attention_mask != 0).all())
+
+    @staticmethod
+    def _padding_bias(attention_mask: Tensor, tensor: Tensor) -> Tensor:
+        """Additive key bias (bs, 1, 1, slen): 0 where kept, finfo.min at padding.
+
+        finfo.min rather than a boolean mask: a query whose keys are all masked then gets uniform weights,
+        exactly as transformers' masked_fill(finfo.min), instead of NaN. In the dtype the scores are computed
+        in: under bf16 autocast an fp32 finfo.min would round to -inf (NaN again).
+        """
+        dtype = _compute_dtype(tensor)
+        bias = torch.zeros(tensor.size(0), 1, 1, tensor.size(1), dtype=dtype, device=tensor.device)
+        return bias.masked_fill_(attention_mask[:, None, None, :] == 0, torch.finfo(dtype).min)
 
     def _block(
         self, i: int, x: Tensor, attn_bias: Tensor | None, causal: bool, query_input: Tensor | None = None
@@ -293,26 +373,24 @@ class XLMTransformer(nn.Module):
         return self.layer_norm2[i](dropout_add(self.ffns[i](tensor), tensor, p, training))
 
     def _selected_block(
-        self, x: Tensor, selected: Tensor, attn_bias: Tensor | None, mask: Tensor | None, causal: bool
+        self, x: Tensor, selected: SelectedPositions, attn_bias: Tensor | None, mask: Tensor | None
     ) -> Tensor:
-        """The last block's output at the `selected` (bs, slen) positions of its input x: (n_sel, dim), row-major.
+        """The last block's output at the selected positions of its input x (bs, slen, dim): (n_sel, dim),
+        row-major. Non-causal only.
 
         Each row's selected positions are packed left into m = max-per-row query slots (unused slots repeat
-        unselected positions and are dropped), so attention stays a batched (bs, h, m, slen) product.
+        unselected positions and are dropped), so attention stays a batched (bs, h, m, slen) product; the
+        padding bias (bs, 1, 1, slen) or None applies to every query as it is.
         """
-        bs, slen, dim = x.shape
-        counts = selected.sum(dim=1)  # (bs,)
-        m = int(counts.max()) if bs else 0  # host sync; boolean indexing below needs one anyway
-        # A stable sort puts each row's selected positions first, in increasing order.
-        slots = torch.sort((~selected).to(torch.uint8), dim=1, stable=True).indices[:, :m]  # (bs, m)
-        used = torch.arange(m, device=x.device)[None, :] < counts[:, None]  # (bs, m)
-        queries = x.gather(1, slots[..., None].expand(bs, m, dim))  # (bs, m, dim)
-        if causal:  # each query sees the keys up to its own position (padding ignored, as the full path)
-            future = torch.arange(slen, device=x.device)[None, None, :] > slots[..., None]  # (bs, m, slen)
-            attn_bias = torch.zeros(bs, 1, m, slen, dtype=x.dtype, device=x.device)
-            attn_bias.masked_fill_(future[:, None], float("-inf"))  # (bs, 1, m, slen); a query sees itself
-        # Otherwise the padding bias (bs, 1, 1, slen) or None applies to every query as it is.
-        out = self._block(self.config.n_layers - 1, x, attn_bias, False, queries)[used]  # (n_sel, dim)
+        bs, _, dim = x.shape
+        m = selected.slots.size(1)
+        queries = x.gather(1, selected.slots[..., None].expand(bs, m, dim))  # (bs, m, dim)
+        out = _rows(self._block(self.config.n_layers - 1, x, attn_bias, False, queries), selected.used)  # (n_sel, dim)
         if mask is not None:
-            out = out * mask[selected]  # (n_sel, 1): zero at selected padding, as the full path
+            out = out * _rows(mask, selected.flat)  # (n_sel, 1): zero at selected padding, as the full path
         return out
+
+
+def _rows(x: Tensor, flat_index: Tensor) -> Tensor:
+    """Rows `flat_index` of x (bs, n, ...) flattened to (bs * n, ...): an index_select, no host sync."""
+    return x.flatten(0, 1).index_select(0, flat_index)

@@ -6,9 +6,11 @@ Sentence batches use XLM's layout `</s> w1..wn </s> <pad>...` per row with `leng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from xlmtrain.model.transformer import SelectedPositions, select_positions
 
 
 @dataclass
@@ -23,6 +25,8 @@ class LMBatch:
         pred_mask: `(bs, slen)` bool, where logits are computed.
         targets: `(n_pred,)` ids to predict, row-major over `pred_mask`.
         causal: True for CLM (left-to-right attention).
+        selected: `pred_mask`'s layout for the encoder, computed on the host (`with_host_layout`), or None.
+        padded: whether any row is shorter than `slen`, known on the host, or None (the encoder then reads it).
     """
 
     input_ids: torch.Tensor
@@ -32,6 +36,15 @@ class LMBatch:
     pred_mask: torch.Tensor
     targets: torch.Tensor
     causal: bool
+    selected: SelectedPositions | None = None
+    padded: bool | None = None
+
+
+def with_host_layout(batch: LMBatch) -> LMBatch:
+    """`batch` with `selected` and `padded` filled in while its tensors are on the CPU, so the forward on an
+    accelerator needs no host sync for them (a per-row maximum, boolean indexing, an all-kept check)."""
+    padded = bool((batch.lengths < batch.input_ids.size(1)).any())
+    return replace(batch, selected=select_positions(batch.pred_mask), padded=padded)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ Validation batches are sharded by batch over ranks; their masking is keyed by th
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -32,7 +33,13 @@ import torch
 
 from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.data.streams import ParallelBatches, StreamBatches
-from xlmtrain.objectives.batches import LMBatch, concat_pair, constant_langs, next_token_targets
+from xlmtrain.objectives.batches import (
+    LMBatch,
+    concat_pair,
+    constant_langs,
+    next_token_targets,
+    with_host_layout,
+)
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
 from xlmtrain.objectives.streams import StreamMixture, StreamSpec
 
@@ -96,12 +103,15 @@ class MaskingSettings:
 
 @dataclass
 class TrainItem:
-    """One training batch: `batch` from stream `stream`, loss coefficient `lam`, global batch counter `index`."""
+    """One training batch: `batch` (this rank's rows) from stream `stream`, loss coefficient `lam`, global batch
+    counter `index`, and `n_targets`, the number of targets of the GLOBAL batch (all ranks' rows): the loss is
+    normalised by it without a collective."""
 
     batch: LMBatch
     stream: int
     lam: float
     index: int
+    n_targets: int
 
 
 @dataclass
@@ -225,6 +235,7 @@ class PretrainBatches:
         self._iterators: list[Any] = []
         self._next_index = 0
         self._states: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._states_lock = threading.Lock()  # batches may be built in a background thread (`BackgroundBatches`)
         self.configure()
 
     def configure(self, rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
@@ -279,18 +290,23 @@ class PretrainBatches:
                 self._next_index = k + 1
                 continue
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
+            n_targets = batch.targets.numel()
             batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
+            batch = with_host_layout(batch)
             self._next_index = k + 1
-            self._states[k] = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
-            while len(self._states) > _KEEP_STATES:
-                self._states.popitem(last=False)
-            yield TrainItem(batch=batch, stream=stream, lam=spec.schedule(step), index=k)
+            state = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
+            with self._states_lock:
+                self._states[k] = state
+                while len(self._states) > _KEEP_STATES:
+                    self._states.popitem(last=False)
+            yield TrainItem(batch=batch, stream=stream, lam=spec.schedule(step), index=k, n_targets=n_targets)
 
     def state_after(self, index: int) -> dict[str, Any]:
         """State that resumes right after training batch `index`; raises KeyError if it is too old."""
-        if index not in self._states:
-            raise KeyError(f"no saved batch state for batch {index} (kept: {list(self._states)[:1]}..)")
-        return self._states[index]
+        with self._states_lock:
+            if index not in self._states:
+                raise KeyError(f"no saved batch state for batch {index} (kept: {list(self._states)[:1]}..)")
+            return self._states[index]
 
     def next_state(self) -> dict[str, Any]:
         """State of the next batch to be produced (ahead of training by Lightning's prefetch).

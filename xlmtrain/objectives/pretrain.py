@@ -3,7 +3,8 @@
 Mapping XLM onto Lightning (reference §A4.1): in XLM every stream step is its own forward, backward
 and optimizer update. Here each Lightning training batch comes from one stream, drawn by
 `StreamMixture` with a seeded generator, and each Lightning step is one optimizer update (with
-`trainer.accumulate_grad_batches=k`, k draws are summed into one update, as XLM's accumulation).
+`trainer.accumulate_grad_batches=k`, k draws make one update: Lightning averages their losses, where XLM's
+accumulation sums them, which Adam sees only through eps and clipping; tests/test_training_semantics.py).
 The loss is `lambda(step) * mean CE` over the predicted positions only (the model's `pred_mask` path).
 Batches, masking and stream choice are built by `PretrainBatches`; their random state is saved in the
 checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
@@ -31,11 +32,16 @@ from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.batches import LMBatch
 from xlmtrain.objectives.data import PretrainBatches, TrainItem, ValidBatches, ValidItem
 from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.training.precision import clip_gradients
+from xlmtrain.training.prefetch import BackgroundBatches
+from xlmtrain.training.rng import CPU_KEY as RNG_KEY
+from xlmtrain.training.rng import DEVICE_KEY as DEVICE_RNG_KEY
+from xlmtrain.training.rng import gather_rng_states, restore_rng_states
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STATE_KEY = "xlmtrain_batches"
-RNG_KEY = "xlmtrain_rng"
+PREFETCH_BATCHES = 4  # built ahead on accelerators; far below the batch states kept for checkpoints (64)
 
 
 class PretrainModule(pl.LightningModule):
@@ -72,7 +78,8 @@ class PretrainModule(pl.LightningModule):
         self.train_batches = train_batches
         self.valid_batches = valid_batches
         self._pending_batch_state: dict[str, Any] | None = None
-        self._pending_rng_states: torch.Tensor | None = None
+        self._pending_rng_states: dict[str, torch.Tensor] | None = None
+        self._step_loss: tuple[TrainItem, torch.Tensor] | None = None
         self._last_trained_index = -1
         self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
@@ -83,7 +90,8 @@ class PretrainModule(pl.LightningModule):
 
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
         # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
-        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal}
+        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal,
+                "padded": batch.padded}
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
@@ -91,34 +99,52 @@ class PretrainModule(pl.LightningModule):
 
     def target_losses(self, batch: LMBatch) -> torch.Tensor:
         """Cross-entropy `(n_pred,)` of each target (fused projection + CE: no logits are kept)."""
-        return self.model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **self._encoder_inputs(batch))
+        selected = batch.pred_mask if batch.selected is None else batch.selected  # the host-built layout: no sync
+        return self.model.masked_lm_loss(batch.input_ids, selected, batch.targets, **self._encoder_inputs(batch))
 
     def training_step(self, item: TrainItem, batch_idx: int) -> dict[str, torch.Tensor]:
         """`{"loss": lambda * mean CE of the drawn stream over the global batch (rank-scaled, see below),
         "ce": the global mean CE, detached}`; `ce` is what `training.numerics.NumericsGuard` judges (NaN,
         spikes), read without a host sync here.
 
-        Under DDP each rank holds a slice of the global batch (`rank_rows`). The mean is over the targets
-        of ALL ranks (one all-reduce of `[n_targets, CE sum]`), and the rank's loss is scaled by the world
-        size because DDP averages gradients: the update is then the 1-process update of the global batch.
-        The logged losses are the global means (identical on every rank, so no further reduction).
+        Under DDP each rank holds a slice of the global batch (`rank_rows`); `item.n_targets` counts the
+        targets of ALL ranks (known on the host: every rank draws the global batch), so the loss needs no
+        collective before backward. The rank's loss is scaled by the world size because DDP averages gradients:
+        the update is then the 1-process update of the global batch. The logged global mean is reduced after
+        backward (`on_after_backward`).
         """
-        spec = self.specs[item.stream]
         ce_sum = self.target_losses(item.batch).sum()
-        n_total, ce_total = item.batch.targets.numel(), ce_sum.detach()
-        world = self.trainer.world_size
-        if world > 1:
-            sums = self.trainer.strategy.reduce(
-                torch.stack([torch.tensor(float(n_total), device=ce_total.device), ce_total]), reduce_op="sum"
-            )
-            n_total, ce_total = sums[0], sums[1]  # kept on the device: no host sync
-        ce_mean = ce_total / n_total
+        # This rank's share of the global mean, made global in place by `on_after_backward` (the tensor returned
+        # here as "ce", which `NumericsGuard` reads after the step).
+        ce_mean = ce_sum.detach() / item.n_targets
+        self._step_loss = (item, ce_mean)
         self._last_trained_index = item.index
+        return {"loss": item.lam * ce_sum * (self.trainer.world_size / item.n_targets), "ce": ce_mean}
+
+    def on_after_backward(self) -> None:
+        """Make the step's mean CE global and log it.
+
+        Under DDP the ranks' shares are all-reduced here, in place, after DDP's gradient buckets (on NCCL the
+        reduce is enqueued on the device without a host wait), so the "ce" of the step's output is the global
+        mean by the time `NumericsGuard` reads it, identical on every rank.
+        """
+        if self._step_loss is None:
+            return
+        (item, ce_mean), self._step_loss = self._step_loss, None
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(ce_mean)  # the default group: Lightning's DDP process group
+        spec = self.specs[item.stream]
         bs = item.batch.input_ids.shape[0]
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return {"loss": item.lam * ce_sum * (world / n_total), "ce": ce_mean}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, also for the fused optimizer under bf16-mixed (see `training.precision`)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
         """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
@@ -135,11 +161,16 @@ class PretrainModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        # Every rank computes every metric in the same order (each compute is a collective), also for a stream
+        # it had no batch of: skipping by the local `update_called` would leave the other ranks' sync unmatched.
+        # A stream no rank validated gives 0/0 = NaN on all of them alike and is not logged.
         for key, ce_metric in self.valid_ce.items():
-            if not ce_metric.update_called:
-                continue
             name = _unkey(key)
             ce = ce_metric.compute()
+            if torch.isnan(ce):
+                ce_metric.reset()
+                self.valid_acc[key].reset()
+                continue
             self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
             self.log(f"valid_{name}_acc", self.valid_acc[key].compute(), sync_dist=True)
             ce_metric.reset()
@@ -153,8 +184,10 @@ class PretrainModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def train_dataloader(self) -> PretrainBatches:
-        """The stream mixture itself (an iterable of `TrainItem`), positioned at the restored state."""
+    def train_dataloader(self) -> PretrainBatches | BackgroundBatches[TrainItem]:
+        """The stream mixture (an iterable of `TrainItem`), positioned at the restored state; on an accelerator
+        built ahead in a background thread (pinned memory on CUDA), on the CPU in the training loop itself (there
+        the thread would only compete with the step for the same cores)."""
         if self.train_batches is None:
             raise RuntimeError("PretrainModule was built without train_batches")
         self.train_batches.configure(
@@ -165,7 +198,10 @@ class PretrainModule(pl.LightningModule):
         if self._pending_batch_state is not None:
             self.train_batches.restore(self._pending_batch_state)
             self._pending_batch_state = None
-        return self.train_batches
+        device = self.trainer.strategy.root_device
+        if device.type == "cpu":
+            return self.train_batches
+        return BackgroundBatches(self.train_batches, depth=PREFETCH_BATCHES, pin_memory=device.type == "cuda")
 
     def val_dataloader(self) -> ValidBatches | list:
         """Deterministic validation batches of every stream (empty when none were given)."""
@@ -176,28 +212,30 @@ class PretrainModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the batch source's state as of the last trained batch (not the prefetched one) and every
-        rank's torch RNG state (dropout), so a resumed run continues bit for bit."""
+        rank's RNG states (CPU and CUDA: dropout), so a resumed run continues bit for bit."""
         if self.train_batches is not None and self._last_trained_index >= 0:
             checkpoint[STATE_KEY] = self.train_batches.state_after(self._last_trained_index)
-        # Every rank runs this hook (only rank 0 writes the file), so the gather is a matched collective.
-        states = self.all_gather(torch.get_rng_state()) if self.trainer.world_size > 1 else torch.get_rng_state()[None]
-        checkpoint[RNG_KEY] = states.cpu()  # (world_size, rng state bytes)
+        # Every rank runs this hook (only rank 0 writes the file), so the gathers are matched collectives.
+        strategy = self.trainer.strategy
+        checkpoint.update(gather_rng_states(self.all_gather, strategy.root_device, self.trainer.world_size))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the saved batch and RNG states; they are applied when training starts."""
         self._pending_batch_state = checkpoint.get(STATE_KEY)
-        self._pending_rng_states = checkpoint.get(RNG_KEY)
+        self._pending_rng_states = {key: checkpoint[key] for key in (RNG_KEY, DEVICE_RNG_KEY) if key in checkpoint}
 
     def on_train_start(self) -> None:
-        """Restore this rank's RNG state from the checkpoint (only if it was saved with the same world size:
+        """Restore this rank's RNG states from the checkpoint (only if it was saved with the same world size:
         otherwise the dropout streams cannot be continued, and a fresh seed is as good as any)."""
         states, self._pending_rng_states = self._pending_rng_states, None
-        if states is not None and len(states) == self.trainer.world_size:
-            torch.set_rng_state(states[self.global_rank].clone())
-        elif self.global_rank > 0:
+        world, rank = self.trainer.world_size, self.global_rank
+        if states and restore_rng_states(states, self.trainer.strategy.root_device, rank, world):
+            return
+        if rank > 0:
             # Every rank was seeded alike (identical init); give each its own dropout stream, or all ranks
-            # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged.
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+            # would drop the same units. Rank 0 keeps the seed, so a 1-process run is unchanged. (manual_seed
+            # seeds the CUDA generators too.)
+            torch.manual_seed(torch.initial_seed() + rank)
 
 
 def _stream_fields(spec: StreamSpec) -> dict[str, Any]:

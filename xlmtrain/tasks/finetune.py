@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from xlmtrain.model.heads import XLMHeadModel
 from xlmtrain.tasks.metrics import accuracy_counts, is_bio, score, span_counts
+from xlmtrain.training.precision import clip_gradients
 
 _EMBEDDING_MODULES = ("embeddings", "position_embeddings", "lang_embeddings", "layer_norm_emb")
 _BLOCK_MODULES = ("attentions", "layer_norm1", "ffns", "layer_norm2")
@@ -144,3 +145,10 @@ class FinetuneModule(pl.LightningModule):
         if self._scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._scheduler(optimizer), "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, also for the fused optimizer under bf16-mixed (see `training.precision`)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -7,7 +7,8 @@ and reloads it only for ``fit(ckpt_path=None)``. This module owns requeue instea
 must be switched off (``cluster_environment_plugins()`` does that; ``PreemptionCallback`` refuses to
 run next to an auto-requeueing ``SLURMEnvironment``). The signal handlers only record the signal;
 the work happens in ``on_train_batch_end`` after an optimizer step, where all ranks agree (one
-boolean all-reduce per step) and then together:
+boolean all-reduce, a blocking collective: under DDP only every ``check_every_n_steps`` optimizer steps, so
+the reaction comes that many steps later at most) and then together:
 
 1. save ``<dirpath>/<filename>`` (default ``last.ckpt``) through the trainer, so the configured
    ``CheckpointIO`` (``AtomicCheckpointIO``) writes it atomically;
@@ -61,6 +62,9 @@ class PreemptionCallback(Callback):
         requeue: run ``scontrol requeue`` after saving; default: whether ``SLURM_JOB_ID`` is set.
             Pass ``False`` when something else (submitit) owns requeue.
         signals: signals that mean "preempted".
+        check_every_n_steps: under DDP, agree on the signal every this many optimizer steps (the agreement is a
+            blocking collective; keep this many steps well inside SLURM's `--signal` grace time). A single
+            process checks every step (no collective).
 
     Attributes:
         preempted: set once the checkpoint is saved and the trainer asked to stop.
@@ -73,11 +77,15 @@ class PreemptionCallback(Callback):
         filename: str = "last.ckpt",
         requeue: bool | None = None,
         signals: tuple[signal.Signals, ...] = DEFAULT_SIGNALS,
+        check_every_n_steps: int = 10,
     ) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"PreemptionCallback: check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.dirpath = Path(dirpath)
         self.filename = filename
         self.requeue = slurm_job_id() is not None if requeue is None else requeue
         self.signals = signals
+        self.check_every_n_steps = check_every_n_steps
         self.preempted = False
         self.checkpoint_path: Path | None = None
         self._received: signal.Signals | None = None
@@ -125,6 +133,8 @@ class PreemptionCallback(Callback):
         """After an optimizer step: if any rank was signalled, save, requeue (rank 0) and stop."""
         if trainer.global_step == self._step_at_batch_start:
             return  # mid gradient accumulation: the accumulated gradients are not in a checkpoint
+        if trainer.world_size > 1 and trainer.global_step % self.check_every_n_steps:
+            return  # global_step is the same on every rank: all skip or all agree together
         if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             return
         path = self.dirpath / self.filename

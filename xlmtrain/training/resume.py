@@ -9,6 +9,9 @@ import os
 import zipfile
 from pathlib import Path
 
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
 from xlmtrain.training.checkpoint_io import atomic_write_bytes, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -109,3 +112,29 @@ def truncate_metrics_csv(path: str | os.PathLike, resume_step: int) -> int:
     writer.writerows(kept)
     atomic_write_bytes(out.getvalue().encode(), path)
     return len(rows) - len(kept)
+
+
+class ResumeAgreement(Callback):
+    """Stop every rank with one error if the ranks would resume from different checkpoints.
+
+    Each rank picks its checkpoint before `fit` (Lightning fixes `ckpt_path` before the process group exists, so
+    rank 0's choice cannot be handed to the others in time); on a shared file system seen at different moments
+    (NFS attribute caches, a checkpoint written by a previous attempt still settling) they could differ, and
+    ranks would then train from different weights and batch positions. At `setup`, with the process group up,
+    rank 0's choice is broadcast and every rank compares it with its own; any difference stops all of them
+    before a checkpoint is loaded.
+    """
+
+    def __init__(self, ckpt_path: str | os.PathLike | None) -> None:
+        self.ckpt_path = None if ckpt_path is None else str(ckpt_path)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Compare this rank's choice with rank 0's; raise RuntimeError on every rank if any rank differs."""
+        if trainer.world_size == 1:
+            return
+        chosen = trainer.strategy.broadcast(self.ckpt_path, src=0)
+        if not trainer.strategy.reduce_boolean_decision(chosen == self.ckpt_path, all=True):
+            raise RuntimeError(
+                f"ranks disagree on the checkpoint to resume from: rank 0 chose {chosen}, rank {trainer.global_rank} "
+                f"{self.ckpt_path}; give resume=<path to one .ckpt> to choose for all ranks"
+            )
