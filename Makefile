@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q cython
 	$(BIN)/python -m pip install -q --no-build-isolation fastbpe==0.1.0
-	$(BIN)/python -m pip install -q -e '.[dev,slurm]'
+	$(BIN)/python -m pip install -q -e '.[dev,slurm,zh,th]'
 	touch $(STAMP)
 
 install: $(STAMP)

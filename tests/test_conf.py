@@ -12,12 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import CONF_DIR, REPO
 from xlmtrain.config_dir import conf_dir
-from xlmtrain.objectives.streams import StreamSpec
-
-RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
-# recipe and launcher are appended (`+recipe=`, `+launcher=`), not overridden; launcher: test_slurm_templates.py.
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF_DIR.iterdir()
-          if g.is_dir() and g.name not in ("recipe", "launcher")}  # fmt: skip
+from xlmtrain.objectives.streams import StreamSpec, expand_langs
 
 
 def _compose(overrides: list[str]):
@@ -25,16 +20,23 @@ def _compose(overrides: list[str]):
         return compose("xlmtrain", overrides=overrides)
 
 
+RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+# recipe and launcher are appended (`+recipe=`, `+launcher=`), not overridden; launcher: test_slurm_templates.py.
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF_DIR.iterdir()
+          if g.is_dir() and g.name not in ("recipe", "launcher")}  # fmt: skip
+
+
 def test_conf_dir_is_found() -> None:
     assert conf_dir() == CONF_DIR
 
 
 def test_shipped_recipes() -> None:
-    assert {"clm", "mlm", "tlm", "mlm_tlm"} <= set(RECIPES)
+    assert {"clm", "mlm", "tlm", "mlm_tlm", "tlm_align", "mlm_tlm_xlco"} <= set(RECIPES)
 
 
-# Fine-tuning recipes (`job:` set) have no pretraining objective; tests/test_tasks.py checks them.
-PRETRAIN_RECIPES = [r for r in RECIPES if "\njob:" not in (CONF_DIR / "recipe" / f"{r}.yaml").read_text()]
+# Fine-tuning recipes (`job: finetune`, possibly through another recipe) have no pretraining objective;
+# tests/test_tasks.py checks them.
+PRETRAIN_RECIPES = [r for r in RECIPES if _compose([f"+recipe={r}"]).job == "pretrain"]
 
 
 @pytest.mark.parametrize("recipe", PRETRAIN_RECIPES)
@@ -43,7 +45,9 @@ def test_every_recipe_composes_and_builds(recipe: str) -> None:
     OmegaConf.resolve(cfg)
     assert cfg.objective.name == recipe and cfg.run_dir == f"runs/{recipe}"
     for stream in cfg.objective.streams:
-        StreamSpec(**{**stream, "langs": "en-fr" if "-" in stream.langs else "en"})
+        langs = OmegaConf.to_container(stream.langs) if OmegaConf.is_list(stream.langs) else stream.langs
+        for lang in expand_langs(langs, ["en", "fr"], ["en-fr"]):
+            StreamSpec(**{**stream, "langs": lang})
     optimizer = hydra.utils.instantiate(cfg.optim.optimizer)
     assert optimizer.func.__name__ == "AdamW"
     for cb in cfg.callbacks.values():

@@ -123,3 +123,15 @@ def test_pad_right_by_hand() -> None:
     assert lengths.tolist() == [3, 1, 2]
     with pytest.raises(ValueError, match="at least one"):
         pad_right([], pad_index=2)
+
+
+def test_every_epoch_is_a_new_permutation(tmp_path):
+    """Shuffled iterators visit every batch once per epoch, in a different order each epoch (XLM reshuffles
+    every epoch): sentence batches and stream batches, 3 epochs each."""
+    c = _corpus(tmp_path / "c", [[20 + i] for i in range(8)])
+    sentences = SentenceBatches(c, batch_size=1, seed=0, shuffle=True, group_by_size=False)
+    stream = StreamBatches(c, bptt=2, batch_size=1, seed=0, shuffle=True)
+    for it, n in ((sentences, 8), (stream, len(stream))):
+        epochs = [[tuple(next(it)[0].flatten().tolist()) for _ in range(n)] for _ in range(3)]
+        assert all(sorted(e) == sorted(epochs[0]) and len(set(e)) == n for e in epochs)
+        assert epochs[0] != epochs[1] and epochs[1] != epochs[2], epochs

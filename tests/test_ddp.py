@@ -91,3 +91,30 @@ def test_validation_with_fewer_batches_than_ranks_matches_one_process(synthetic_
     assert len(va) == len(vb) == 1 and set(va[0]) == set(vb[0]) and any(k.endswith("_ppl") for k in va[0])
     for key in va[0]:
         assert vb[0][key] == pytest.approx(va[0][key], rel=1e-4), key
+
+
+ALIGN = ["objective.streams=[{objective:tlm,langs:io-vo},{objective:trans_rank,langs:io-vo},"
+         "{objective:xlco,langs:io-vo}]", "objective.alignment.xlco_queue_size=20", "callbacks=default"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_alignment_streams_with_gathered_negatives_match_one_process(synthetic_prep: Path, tmp_path: Path) -> None:
+    """trans_rank and xlco rank each pair against every rank's pairs (all_gather with gradient): 2 processes with 4
+    pairs each take the 1-process steps of the 8-pair batch, and XLCo's queue holds the same keys."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([*tiny_overrides(synthetic_prep, one, "tlm_align"), *RUN, *ALIGN], tmp_path, timeout=900)
+    run([*tiny_overrides(synthetic_prep, two, "tlm_align"), *RUN, *ALIGN, "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2"], tmp_path, timeout=900)  # fmt: skip
+    a, b = train_rows(one), train_rows(two)
+    assert {k for r in a for k in r if k.endswith(("trans_rank_loss", "xlco_loss"))} == {
+        "train_io-vo_trans_rank_loss", "train_io-vo_xlco_loss"}
+    torch.testing.assert_close(torch.tensor([r["train_loss"] for r in b]), torch.tensor([r["train_loss"] for r in a]),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    va, vb = valid_rows(one), valid_rows(two)
+    for key in va[-1]:
+        assert vb[-1][key] == pytest.approx(va[-1][key], rel=1e-4), key
+    wa, wb = final_weights(one), final_weights(two)
+    assert "xlco.queue" in wa and int(wa["xlco.queue_filled"]) == 20
+    for key in wa:
+        if not key.endswith("k_lin.bias"):  # see above
+            torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-5, msg=key)

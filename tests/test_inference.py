@@ -37,7 +37,7 @@ from xlmtrain.model.heads import XLMWithLMHead
 MAX_POS = 24  # small position table, so that truncation is easy to trigger
 
 
-def _save_tiny(prep: Path, out: Path, *, use_lang_emb: bool) -> Path:
+def _save_tiny(prep: Path, out: Path, *, use_lang_emb: bool, special_bias: float | None = None) -> Path:
     data = PreprocessedData(prep)
     torch.manual_seed(0)
     config = XLMConfig(
@@ -45,6 +45,9 @@ def _save_tiny(prep: Path, out: Path, *, use_lang_emb: bool) -> Path:
         lang2id=data.lang2id, id2lang={i: lang for lang, i in data.lang2id.items()}, max_position_embeddings=MAX_POS,
     )
     model = XLMWithLMHead(config)
+    if special_bias is not None:
+        with torch.no_grad():
+            model.pred_layer.proj.bias[:N_SPECIALS] = special_bias
     save_model(model, out, format="hf")
     data.tokenizer().save_pretrained(out)
     return out
@@ -108,6 +111,26 @@ def test_fill_mask_matches_a_direct_forward(model_dir: Path) -> None:
     assert io_p != pytest.approx(vo_p, rel=1e-6)
     # <special1> is the same mask as <mask>.
     assert fill_mask(m, "tage <special1> dega .", "io", top_k=3) == fill_mask(m, "tage <mask> dega .", "io", top_k=3)
+
+
+def test_transformers_fill_mask_pipeline_equals_xlmtrain_fill_mask(synthetic_prep: Path, tmp_path: Path) -> None:
+    # The exported tokenizer starts a sentence with </s>, as XLM trained (its bos_token is </s>): transformers'
+    # pipeline then feeds the same ids and gives the same candidates and scores. (A model with language
+    # embeddings also needs its `langs`, which the pipeline cannot pass: hence the model without them.)
+    # xlmtrain never proposes special tokens, the pipeline does: this untrained model gives them no mass (as a
+    # trained one), so both rank the same words; the scores are full-vocabulary softmax on both sides.
+    from transformers import pipeline
+
+    model_dir = _save_tiny(synthetic_prep, tmp_path / "lm", use_lang_emb=False, special_bias=-30.0)
+    pipe = pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), top_k=5)
+    for text in ("tage <mask> dega .", "solu pinu <mask> ruge ."):
+        theirs = pipe(text.replace("<mask>", "<special1>"))
+        (ours,) = fill_mask(load_inference_model(model_dir), text, "io", top_k=5)
+        assert [t["token"] for t in theirs] == [c.token_id for c in ours.completions]
+        torch.testing.assert_close(
+            torch.tensor([t["score"] for t in theirs]), torch.tensor([c.probability for c in ours.completions]),
+            rtol=1e-5, atol=1e-7,
+        )  # fmt: skip
 
 
 def test_fill_mask_several_masks_in_one_pass(model_dir: Path) -> None:

@@ -157,7 +157,8 @@ def test_original_pth_imports_and_converts(tmp_path: Path) -> None:
     assert tokenizer_config["mask_token"] == "<special1>"
     assert not any(transformers.XLMWithLMHeadModel.from_pretrained(out, output_loading_info=True)[1].values())
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)  # fastBPE "hel@@ lo" is HF "hel", "lo</w>"
-    assert tokenizer("hello")["input_ids"] == [0, 14, 15, 1] and tokenizer.mask_token_id == 5
+    # XLM's </s> (1) starts the sentence, not <s> (0): the exported bos_token is </s>.
+    assert tokenizer("hello")["input_ids"] == [1, 14, 15, 1] and tokenizer.mask_token_id == 5
 
 
 def test_original_without_codes_says_merges_are_missing(tmp_path: Path, capsys) -> None:

@@ -35,6 +35,21 @@ def test_xlmtrain_dict_loads_in_transformers() -> None:
     assert XLMConfig.from_dict(ours.to_dict()).to_dict() == ours.to_dict()
 
 
+def test_label_names_travel_to_transformers_and_back(tmp_path) -> None:
+    ours = XLMConfig(vocab_size=64, emb_dim=32, n_layers=1, n_heads=4, num_labels=3,
+                     id2label={0: "contradiction", 1: "neutral", 2: "entailment"})
+    data = ours.to_dict()
+    assert data["id2label"] == {"0": "contradiction", "1": "neutral", "2": "entailment"}
+    assert data["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
+    theirs = transformers.XLMConfig.from_dict(data)
+    assert theirs.id2label == {0: "contradiction", 1: "neutral", 2: "entailment"} and theirs.num_labels == 3
+    theirs.save_pretrained(tmp_path)
+    back = XLMConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert back.id2label == ours.id2label and back.num_labels == 3 and "label2id" not in back.extra
+    # Without names (or with a stale count) transformers' LABEL_i are written.
+    assert ours.replace(num_labels=4).to_dict()["id2label"] == {str(i): f"LABEL_{i}" for i in range(4)}
+
+
 def test_aliases_and_conflicts() -> None:
     config = XLMConfig.from_dict({"n_words": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                                   "pad_index": 4, "pad_token_id": 4})

@@ -18,6 +18,7 @@ import torch
 from tests.cli_runs import (
     checkpoint_steps,
     exported_weights,
+    final_weights,
     resumed_from,
     run,
     start,
@@ -39,10 +40,31 @@ def _args(prep: Path, run_dir: Path) -> list[str]:
     return [*tiny_overrides(prep, run_dir, "mlm_tlm"), *STEPS]
 
 
+# TLM beside both alignment objectives: pair batches, XLCo's momentum encoder and a queue that wraps (8 pairs x 2
+# sides = 16 keys per XLCo step into 20 slots), all of which the checkpoint must carry.
+ALIGN = ["objective.streams=[{objective:tlm,langs:io-vo},{objective:trans_rank,langs:io-vo},"
+         "{objective:xlco,langs:io-vo}]", "objective.alignment.xlco_queue_size=20", "callbacks=default"]  # fmt: skip
+
+
+ALIGN_STEPS = 40  # shorter than the others: three streams, two of them two encoder passes per step
+
+
+def _align_args(prep: Path, run_dir: Path) -> list[str]:
+    steps = [f"trainer.max_steps={ALIGN_STEPS}", f"checkpoint.every_n_train_steps={EVERY}", "trainer.val_check_interval=16"]
+    return [*tiny_overrides(prep, run_dir, "tlm_align"), *steps, *ALIGN]
+
+
 @pytest.fixture(scope="module")
 def reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     run(_args(synthetic_prep, run_dir), run_dir.parent)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def align_reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("align_reference") / "run"
+    run(_align_args(synthetic_prep, run_dir), run_dir.parent, timeout=900)
     return run_dir
 
 
@@ -56,11 +78,11 @@ def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: fl
         time.sleep(0.05)
 
 
-def _assert_same_run(run_dir: Path, reference: Path) -> None:
+def _assert_same_run(run_dir: Path, reference: Path, max_steps: int = MAX_STEPS) -> None:
     # Only the columns logged every step: Lightning repeats a per-stream loss column's last value on the
     # steps of other streams, so those cells depend on when the process started.
     ours, theirs = ([(r["step"], r["train_loss"], r["lr"]) for r in train_rows(d)] for d in (run_dir, reference))
-    assert [r[0] for r in ours] == list(range(MAX_STEPS)), "every step logged exactly once"
+    assert [r[0] for r in ours] == list(range(max_steps)), "every step logged exactly once"
     assert ours == theirs  # bit for bit
     assert valid_rows(run_dir) == valid_rows(reference)
     a, b = exported_weights(run_dir), exported_weights(reference)
@@ -85,6 +107,28 @@ def test_sigkill_after_a_checkpoint_then_restart_is_bit_identical(synthetic_prep
     out = run(_args(synthetic_prep, run_dir), tmp_path)
     assert before[resumed_from(out, run_dir)] == saved_step  # last.ckpt or the best checkpoint of the same step
     _assert_same_run(run_dir, reference)
+
+
+def test_sigkill_with_alignment_streams_then_restart_is_bit_identical(synthetic_prep: Path, tmp_path: Path,
+                                                                     align_reference: Path) -> None:  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = start(_align_args(synthetic_prep, run_dir), tmp_path)
+    _wait_for_step(proc, run_dir, 11, timeout=900)  # 3 streams, 2 of them two encoder passes: slower steps
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    saved_step = validated_step(run_dir / "checkpoints" / "last.ckpt")
+    assert saved_step % EVERY == 0 and EVERY <= saved_step < ALIGN_STEPS
+    run(_align_args(synthetic_prep, run_dir), tmp_path, timeout=900)
+    _assert_same_run(run_dir, align_reference, ALIGN_STEPS)
+    # Every stream was trained, and XLCo's state (momentum weights, queue, ring position) is continued exactly.
+    losses = {k for r in train_rows(run_dir) for k in r if k.startswith("train_io-vo_")}
+    assert losses == {"train_io-vo_tlm_loss", "train_io-vo_trans_rank_loss", "train_io-vo_xlco_loss"}, losses
+    ours, theirs = final_weights(run_dir), final_weights(align_reference)
+    xlco = [k for k in theirs if k.startswith("xlco.")]
+    assert "xlco.queue" in xlco and "xlco.queue_next" in xlco and "xlco.key_encoder.embeddings.weight" in xlco
+    assert int(theirs["xlco.queue_filled"]) == 20
+    for key in xlco:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
 
 
 def test_sigterm_saves_exits_zero_and_the_next_start_resumes(synthetic_prep: Path, tmp_path: Path,

@@ -67,7 +67,9 @@ def test_other_model_is_refused_naming_the_key_and_the_ways_out() -> None:
     assert "\n" not in message
     assert "model.emb_dim (64 -> 256)" in message and "model.n_layers (2 -> 4)" in message
     assert "run_name=" in message and "resume=never" in message
-    assert "resume.allow_changes=[model.emb_dim,model.n_layers]" in message
+    # model=small is a real-text size: XLM's dropout 0.1 / 0.1 where tiny has 0.
+    assert "model.dropout (0.0 -> 0.1)" in message
+    assert "resume.allow_changes=[model.attention_dropout,model.dropout,model.emb_dim,model.n_layers]" in message
     assert "runs/tlm holds another run" in message
 
 

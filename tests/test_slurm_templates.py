@@ -19,6 +19,8 @@ TEMPLATES = sorted((REPO / "slurm").glob("*.sbatch"))
 # This machine is one node with 2 CPUs and no GPU: shrink each template's allocation to fit, keep all else.
 FIT_LOCAL = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=00:10:00"]
 SRUN_SCRIPT = REPO / "slurm" / "srun_xlmtrain.sh"
+# Templates that train (they launch srun_xlmtrain.sh); preprocess_array.sbatch is CPU-only preprocessing.
+TRAINING_TEMPLATES = [t for t in TEMPLATES if SRUN_SCRIPT.name in t.read_text()]
 
 
 def test_templates_are_shipped() -> None:
@@ -34,7 +36,11 @@ def test_template_passes_sbatch_test_only(local_slurm: LocalSlurm, template: Pat
     assert "to start at" in result.stderr
 
 
-@pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)
+def test_training_templates_are_found() -> None:
+    assert {t.name for t in TRAINING_TEMPLATES} >= {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch"}
+
+
+@pytest.mark.parametrize("template", TRAINING_TEMPLATES, ids=lambda t: t.name)
 def test_templates_ask_for_one_gpu_per_task(template: Path) -> None:
     lines = template.read_text().splitlines()
     tasks = [line.split("=")[1] for line in lines if line.startswith("#SBATCH --ntasks-per-node=")]

@@ -295,11 +295,30 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _check_selection(run: Path, metric: str, select_on: str, langs: tuple[str, ...]) -> int:
+    """The one best-{epoch}.ckpt is the epoch with the highest logged `valid_<select_on>_<metric>`, and the valid
+    rows of results.csv are that epoch's logged values (re-evaluated with the selected checkpoint). Returns it."""
+    from xlmtrain.training.report import read_metrics
+
+    logged = [r for r in read_metrics(run / "metrics.csv") if f"valid_{select_on}_{metric}" in r]
+    by_epoch = {int(r["epoch"]): r for r in logged}
+    assert len(by_epoch) >= 2, "several epochs, so that selection matters"
+    best_epoch = max(by_epoch, key=lambda e: (by_epoch[e][f"valid_{select_on}_{metric}"], -e))  # ties: the first
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert torch.load(best, weights_only=True, map_location="cpu")["epoch"] == best_epoch, (best, by_epoch)
+    results = {r["lang"]: float(r[metric if metric == "f1" else "accuracy"]) for r in _rows(run / "results.csv")
+               if r["split"] == "valid"}  # fmt: skip
+    for lang in (*langs, "avg"):
+        assert results[lang] == pytest.approx(by_epoch[best_epoch][f"valid_{lang}_{metric}"], abs=0.01), lang
+    assert results["avg"] == pytest.approx(sum(results[lang] for lang in langs) / len(langs), abs=0.01)
+    return best_epoch
+
+
 @pytest.mark.slow
 def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
     run = tmp_path / "xnli"
     summary = _finetune(tiny_pretrained, run, "xnli", "task.synthetic.n_train=200", "task.synthetic.n_valid=40",
-                        "task.synthetic.n_test=60", "trainer.max_epochs=2", "task.batch_size=16")  # fmt: skip
+                        "task.synthetic.n_test=60", "trainer.max_epochs=3", "task.batch_size=16")  # fmt: skip
     rows = _rows(run / "results.csv")
     assert list(rows[0]) == ["lang", "split", "accuracy", "n"]
     assert [(r["lang"], r["split"], r["n"]) for r in rows] == [
@@ -311,7 +330,10 @@ def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
     for name in ("results.md", "xnli_accuracy.png", "metrics.csv", "model/config.json", "model/vocab.json"):
         assert (run / name).is_file(), name
     assert "| vo |" in (run / "results.md").read_text() and "| io* |" in (run / "results.md").read_text()
-    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+    _check_selection(run, "accuracy", "avg", ("io", "vo"))  # task.select_on=avg (default)
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "contradiction", "1": "neutral", "2": "entailment"}  # XLM's label ids
+    assert config["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
 
 
 @pytest.mark.slow
@@ -330,8 +352,81 @@ def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) 
         (data / f"{split}.{lang}.conll").write_text("\n".join(lines) + "\n")
     run = tmp_path / "tag"
     _finetune(tiny_pretrained, run, "token_classification", f"task.data_dir={data}", "task.train_langs=[io]",
-              "trainer.max_epochs=1", "optim.optimizer.lr=1e-3")  # fmt: skip
+              "trainer.max_epochs=3", "optim.optimizer.lr=1e-3", "task.select_on=vo")  # fmt: skip
     rows = _rows(run / "results.csv")
     assert [(r["lang"], r["split"]) for r in rows] == [("io", "valid"), ("vo", "valid"), ("avg", "valid"), ("vo", "test"), ("avg", "test")]
-    assert list(rows[0]) == ["lang", "split", "f1", "n"] and all(0 <= float(r["f1"]) <= 100 for r in rows)
+    assert list(rows[0]) == ["lang", "split", "f1", "n"]
+    # The checkpoint kept is the best epoch on vo (task.select_on), and the reported numbers are its.
+    _check_selection(run, "f1", "vo", ("io", "vo"))
+    # Every word but "." is its own B-W entity: tagging everything B-W scores F1 = 2p/(1+p) with p = the share of
+    # non-"." words (~0.8, F1 ~0.89); tagging everything O scores 0. Trained on io, the model is far above 0 there.
+    assert float(rows[0]["f1"]) > 50.0
     assert (run / "tagging_f1.png").is_file()
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "B-W", "1": "O"} and config["label2id"] == {"B-W": 0, "O": 1}
+
+
+# ---------------------------------------------------------------- any language, any length
+
+XNLI15 = "ar bg de el en es fr hi ru sw th tr ur vi zh".split()
+SAMPLE = {
+    "ar": "الطقس جميل اليوم", "bg": "времето е хубаво днес", "de": "das Wetter ist heute schön",
+    "el": "ο καιρός είναι ωραίος σήμερα", "en": "the weather is nice today", "es": "hoy hace buen tiempo",
+    "fr": "il fait beau aujourd'hui", "hi": "आज मौसम अच्छा है", "ru": "сегодня хорошая погода",
+    "sw": "hali ya hewa ni nzuri leo", "th": "วันนี้อากาศดี", "tr": "bugün hava güzel",
+    "ur": "آج موسم اچھا ہے", "vi": "hôm nay trời đẹp", "zh": "今天天气很好。",
+}  # fmt: skip
+LABELS = ("entailment", "neutral", "contradiction")
+
+
+def write_real_xnli(directory: Path, n_per_lang: int = 6, n_train: int = 48) -> Path:
+    """The layout of XNLI-1.0.zip + multinli_1.0.zip unpacked in one folder (XNLI's full TSV header)."""
+    xnli = directory / "XNLI-1.0"
+    xnli.mkdir(parents=True)
+    header = ("language\tgold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\t"
+              "sentence1\tsentence2\tpromptID\tpairID\tgenre\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5")  # fmt: skip
+    for split in ("dev", "test"):
+        lines = [header]
+        for lang in XNLI15:
+            for i in range(n_per_lang):
+                label = LABELS[i % 3]
+                row = [lang, label, "", "", "", "", f"{SAMPLE[lang]} {i}", f"{SAMPLE[lang]} {i + 1}", str(i), str(i),
+                       "fiction", label, label, label, label, label]  # fmt: skip
+                lines.append("\t".join(row))
+        (xnli / f"xnli.{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    mnli = directory / "multinli_1.0"
+    mnli.mkdir()
+    rows = [json.dumps({"gold_label": LABELS[i % 3], "sentence1": f"the cat sat {i}", "sentence2": f"a cat {i % 5}"})
+            for i in range(n_train)]  # fmt: skip
+    (mnli / "multinli_1.0_train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return directory
+
+
+def test_usable_languages_by_model_kind() -> None:
+    from xlmtrain.jobs.finetune import usable_languages
+
+    ex = [NLIExample("a", "b", 0, "x")]
+    data = {"train": {"en": ex}, "valid": {"en": ex, "sw": ex}, "test": {"en": ex, "sw": ex}}
+    # Without language embeddings every language is read, with id 0 (an empty map).
+    assert usable_languages(data, ["en"], {"en": 0, "fr": 1}, False, strict=True) == (data, {})
+    kept, lang2id = usable_languages(data, ["en"], {"en": 0, "fr": 1}, True, strict=False)
+    assert {s: sorted(v) for s, v in kept.items()} == {"train": ["en"], "valid": ["en"], "test": ["en"]}
+    assert lang2id == {"en": 0, "fr": 1}
+    with pytest.raises(ValueError, match=r"task.strict_langs: the data has \['sw'\]"):
+        usable_languages(data, ["en"], {"en": 0, "fr": 1}, True, strict=True)
+    with pytest.raises(ValueError, match=r"task.train_langs: \['de'\] not among the model's languages \['en', 'fr'\]"):
+        usable_languages(data, ["de"], {"en": 0, "fr": 1}, True, strict=False)
+
+
+@pytest.mark.slow
+def test_real_xnli_layout_short_run_reports_all_15_languages(tiny_pretrained: Path, tmp_path: Path) -> None:
+    # A +recipe=tlm model (no language embeddings, pretrained on io/vo) fine-tuned on English MultiNLI for 3 steps,
+    # before its first scheduled validation (the epoch has 6): it still validates, tests and reports every language.
+    data = write_real_xnli(tmp_path / "xnli")
+    run = tmp_path / "run"
+    summary = _finetune(tiny_pretrained, run, "xnli", f"task.data_dir={data}", "trainer.max_steps=3", "task.batch_size=8")
+    assert sorted(summary["results"]["test"]) == sorted(XNLI15) and sorted(summary["results"]["valid"]) == sorted(XNLI15)
+    rows = _rows(run / "results.csv")
+    assert sorted(r["lang"] for r in rows if r["split"] == "test") == sorted([*XNLI15, "avg"])
+    assert all(r["n"] == "6" for r in rows if r["lang"] != "avg")
+    assert (run / "model" / "config.json").is_file()

@@ -64,6 +64,12 @@ class _ResumableBatches:
     def _batch(self, item: int) -> Any:
         raise NotImplementedError
 
+    def batch_at(self, item: int) -> Any:
+        """Batch number `item` of the unsharded, unshuffled order (random access for evaluation); the iterator's
+        position does not move."""
+        self._epoch_order()  # builds this pass's plan (sentence iterators)
+        return self._batch(item)
+
     def state_dict(self) -> dict[str, int]:
         """Where the iterator stands: the next batch is batch `position` of pass `epoch`."""
         return {"epoch": self.epoch, "position": self.position}
@@ -193,11 +199,12 @@ class SentenceBatches(_SentencePlan):
 class ParallelBatches(_SentencePlan):
     """XLM's `ParallelDataset` iterator: yields aligned `((x1, len1), (x2, len2))` in the order of the corpora
     given. Pairs with an empty side or a side longer than `max_len` are left out (counted in `n_dropped`);
-    grouping and token budgets use `len1 + len2 + 4`."""
+    grouping and token budgets use `len1 + len2 + 4`; `max_sentences` keeps only the first kept pairs."""
 
     def __init__(self, corpus1: IndexedCorpus, corpus2: IndexedCorpus, batch_size: int | None = None,
                  tokens_per_batch: int | None = None, max_len: int | None = 100, group_by_size: bool = True,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:  # fmt: skip
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 max_sentences: int | None = None) -> None:  # fmt: skip
         if len(corpus1) != len(corpus2):
             raise ValueError(f"{corpus1.prefix} has {len(corpus1)} sentences, {corpus2.prefix} has {len(corpus2)}")
         self.corpus1, self.corpus2 = corpus1, corpus2
@@ -206,7 +213,8 @@ class ParallelBatches(_SentencePlan):
         if max_len:
             keep &= (len1 <= max_len) & (len2 <= max_len)
         self.n_dropped = int((~keep).sum())
-        super().__init__(np.flatnonzero(keep), len1 + len2 + 4, batch_size, tokens_per_batch, group_by_size, seed,
+        kept = np.flatnonzero(keep)[:max_sentences]  # XLM's evaluation `n_sentences`: the first pairs only
+        super().__init__(kept, len1 + len2 + 4, batch_size, tokens_per_batch, group_by_size, seed,
                          rank, world_size, shuffle)  # fmt: skip
 
     def _batch(self, item: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

@@ -81,7 +81,10 @@ class XLMTokenizer:
             "id2lang": {str(i): lang for i, lang in self.id2lang.items()},
             "model_max_length": 512,
             "unk_token": "<unk>",
-            "bos_token": "<s>",
+            # XLM starts every sentence with </s> (id 1), never <s>; transformers' XLMTokenizer puts bos_token
+            # first (`<s> X </s>` since transformers PR #3791), so bos_token is </s>: its pipelines then feed the
+            # model what it was trained on.
+            "bos_token": "</s>",
             "sep_token": "</s>",
             "pad_token": "<pad>",
             "cls_token": "</s>",

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,11 +28,10 @@ from xlmtrain.inference.loading import (
 )
 from xlmtrain.inference.textio import count_lines, read_lines
 from xlmtrain.model.heads import XLMHeadModel
+from xlmtrain.model.pooling import POOLINGS, Pooling, pool_hidden
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["first", "mean"]
-POOLINGS = ("first", "mean")
 
 
 @dataclass
@@ -92,13 +90,7 @@ def embed_ids(
         inputs = pad_batch([list(lines[i]) for i in rows], config.pad_index, lang_id, device)
         encoded = model.transformer.encode(**inputs, output_hidden_states=layer != -1)
         hidden = encoded.last_hidden_state if layer == -1 else encoded.hidden_states[layer]  # (bs, slen, dim)
-        if pooling == "first":
-            pooled = hidden[:, 0]  # (bs, dim)
-        else:
-            positions = torch.arange(hidden.shape[1], device=device)
-            keep = (positions[None, :] < inputs["lengths"][:, None]).to(hidden.dtype)  # (bs, slen)
-            pooled = (hidden * keep[..., None]).sum(1) / inputs["lengths"][:, None].to(hidden.dtype)  # (bs, dim)
-        out[torch.as_tensor(rows)] = pooled.float().cpu()
+        out[torch.as_tensor(rows)] = pool_hidden(hidden, inputs["lengths"], pooling).float().cpu()
     return out
 
 

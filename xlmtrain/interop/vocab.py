@@ -10,7 +10,7 @@ from xlmtrain.interop.weights import CheckpointError
 N_SPECIAL = 14  # <s> </s> <pad> <unk> <special0..9>, ids 0..13
 SPECIAL_TOKENS = {
     "unk_token": "<unk>",
-    "bos_token": "<s>",
+    "bos_token": "</s>",  # XLM's sentence start (see data/tokenizer.py: save_pretrained)
     "sep_token": "</s>",
     "pad_token": "<pad>",
     "cls_token": "</s>",

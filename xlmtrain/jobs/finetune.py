@@ -29,7 +29,7 @@ from xlmtrain.objectives.pretrain import OptimizerFactory, SchedulerFactory
 from xlmtrain.tasks.encoding import EncodedSet, collate, encode_pairs, encode_tagged
 from xlmtrain.tasks.finetune import FinetuneModule
 from xlmtrain.tasks.loading import load_pretrained
-from xlmtrain.tasks.readers import Split, find_nli_data, find_tagging_data
+from xlmtrain.tasks.readers import NLI_LABELS, Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
@@ -87,6 +87,10 @@ class TaskSettings:
     """Train only the top N layers (the embeddings count as layer 0); None: all; 0: the head only."""
     head_dropout: float
     """Dropout before the classifier of pair classification (XLM's glue-xnli `--dropout`, 0 there)."""
+    strict_langs: bool
+    """For a model with language embeddings: refuse (instead of skipping with one warning) evaluation languages
+    it has no embedding for. A training language it lacks is always refused; a model without language
+    embeddings takes any language."""
     num_workers: int
 
     def __post_init__(self) -> None:
@@ -165,15 +169,17 @@ def setup(settings: FinetuneSettings) -> _Setup:
     if task.kind == "token_classification":
         data, train_langs = task_data(settings, [])
         tags = sorted({t for by_lang in data.values() for sents in by_lang.values() for s in sents for t in s.tags})
-        overrides: dict[str, Any] = {"num_labels": len(tags)}
+        overrides: dict[str, Any] = {"num_labels": len(tags), "id2label": dict(enumerate(tags))}
     else:
-        overrides = {"num_labels": 3, "summary_first_dropout": task.head_dropout}
+        labels = dict(enumerate(NLI_LABELS))  # XLM's order: contradiction 0, neutral 1, entailment 2
+        overrides = {"num_labels": 3, "id2label": labels, "summary_first_dropout": task.head_dropout}
     pretrained = settings.pretrained
     model, tokenizer = load_pretrained(str(Path(pretrained.path).expanduser()), head, codes=pretrained.codes,
                                        lowercase=pretrained.lowercase, **overrides)  # fmt: skip
     lang2id = model.config.lang2id or tokenizer.lang2id
     if task.kind == "pair_classification":
         data, train_langs = task_data(settings, list(lang2id))
+    data, lang2id = usable_languages(data, train_langs, lang2id, model.config.has_lang_embeddings, task.strict_langs)
     limit = model.config.max_position_embeddings
     if 2 * task.max_len - 1 > limit:
         raise ValueError(f"task.max_len={task.max_len}: pairs could reach {2 * task.max_len - 1} tokens, over the model's max_position_embeddings={limit}")
@@ -222,11 +228,16 @@ def _trainer(settings: FinetuneSettings) -> tuple[pl.Trainer, ModelCheckpoint]:
 
 
 def fit(job: _Setup, trainer: pl.Trainer, best: ModelCheckpoint) -> None:
-    """Fine-tune, then re-evaluate valid and test with the best checkpoint."""
+    """Fine-tune, then re-evaluate valid and test with the best checkpoint; a run that stopped before its first
+    scheduled validation (e.g. `trainer.max_steps` inside the first epoch) is evaluated with its final weights."""
     trainer.fit(job.module, train_dataloaders=job.train_loader, val_dataloaders=job.valid_loaders)
-    trainer.validate(job.module, job.valid_loaders, ckpt_path=best.best_model_path, verbose=False)
+    ckpt_path = best.best_model_path or None
+    if ckpt_path is None:
+        log.warning("no validation ran during training (stopped at step %d): evaluating the final weights",
+                    trainer.global_step)  # fmt: skip
+    trainer.validate(job.module, job.valid_loaders, ckpt_path=ckpt_path, verbose=False)
     if job.test_loaders:
-        trainer.test(job.module, job.test_loaders, ckpt_path=best.best_model_path, verbose=False)
+        trainer.test(job.module, job.test_loaders, ckpt_path=ckpt_path, verbose=False)
 
 
 def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: ModelCheckpoint) -> dict[str, Any]:
@@ -299,6 +310,34 @@ def task_data(settings: FinetuneSettings, model_langs: list[str]) -> tuple[Split
             raise ValueError(f"task.eval_langs: no validation data for {absent} in {task.data_dir}")
         data = {split: {k: v for k, v in by_lang.items() if split == "train" or k in task.eval_langs} for split, by_lang in data.items()}
     return data, train_langs
+
+
+def usable_languages(
+    data: Split, train_langs: list[str], lang2id: dict[str, int], has_lang_embeddings: bool, strict: bool
+) -> tuple[Split, dict[str, int]]:
+    """The task data the model can read, and the language ids to encode it with.
+
+    A model without language embeddings never reads language ids: every language is kept and encoded with id 0
+    (an empty map). A model with them: a training language it lacks raises ValueError (one line); evaluation
+    languages it lacks raise with `strict`, else are dropped with one warning listing them.
+    """
+    if not has_lang_embeddings:
+        return data, {}
+    known = sorted(lang2id)
+    missing_train = [lang for lang in train_langs if lang not in lang2id]
+    if missing_train:
+        raise ValueError(
+            f"task.train_langs: {missing_train} not among the model's languages {known}: a model with language "
+            f"embeddings cannot be fine-tuned on a language it has no embedding for"
+        )
+    missing = sorted({lang for split in ("valid", "test") for lang in data.get(split, {}) if lang not in lang2id})
+    if missing and strict:
+        raise ValueError(f"task.strict_langs: the data has {missing}, languages the model has no embedding for ({known})")
+    if missing:
+        log.warning("skipping evaluation languages the model has no language embedding for: %s (model: %s; "
+                    "task.strict_langs=true refuses them)", ", ".join(missing), ", ".join(known))  # fmt: skip
+    kept = {split: {lang: ex for lang, ex in by_lang.items() if lang in lang2id} for split, by_lang in data.items()}
+    return kept, lang2id
 
 
 def encode_all(

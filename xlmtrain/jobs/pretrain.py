@@ -30,9 +30,10 @@ from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.inference.callback import RetrievalCallback
 from xlmtrain.model.config import XLMConfig
+from xlmtrain.objectives.alignment import AlignmentSettings
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
 from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
-from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.objectives.streams import StreamSpec, expand_langs
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
@@ -73,13 +74,14 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """One `objective.streams` entry: a `StreamSpec` whose `langs` may also be `'*'` (every monolingual
-    language of the data) or `'*-*'` (every parallel pair); `expand_streams` turns it into `StreamSpec`s."""
+    """One `objective.streams` entry: a `StreamSpec` whose `langs` may also be a pattern or a list
+    (`expand_langs`); `expand_streams` turns it into `StreamSpec`s."""
 
     objective: str
     """clm, mlm or tlm."""
-    langs: str
-    """A language (`en`), an ordered pair (`en-fr`), `*` or `*-*`."""
+    langs: str | tuple[str, ...]
+    """A language (`en`), an ordered pair (`en-fr`), `*` (every language), `*-*` (every stored pair),
+    `*<->*` (both directions of every pair), or a list of these (XLM's `--mlm_steps` list)."""
     lambda_: str | float
     """Loss coefficient: a constant or an XLM schedule such as `'0:1,1000:0.5'`."""
     weight: float
@@ -99,6 +101,11 @@ class ObjectiveSettings:
     monitor: str
     """Validation metric that selects the best checkpoint (read by `callbacks.best`)."""
     monitor_mode: Literal["min", "max"]
+    alignment: AlignmentSettings = AlignmentSettings()
+    """Pooling, margin, scales, gathering and XLCo's queue of the `trans_rank` / `xlco` streams."""
+    mixture: Literal["xlm", "weights"] = "xlm"
+    """How stream groups share the steps: `xlm` (XLM's loop: min(5, n) steps per group) or `weights` (the sum of
+    each group's stream weights); see `xlmtrain.objectives.streams`."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +166,8 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
                   mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
     train = PretrainBatches(
-        specs, data, counts=dico.counts, lg_sampling_factor=settings.objective.lg_sampling_factor, seed=settings.seed,
-        **common,
+        specs, data, counts=dico.counts, lg_sampling_factor=settings.objective.lg_sampling_factor,
+        mixture=settings.objective.mixture, seed=settings.seed, **common,
     )
     valid = ValidBatches(specs, data, **common)
     module = PretrainModule(
@@ -170,6 +177,7 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
         scheduler=settings.scheduler,
         train_batches=train,
         valid_batches=valid,
+        alignment=settings.objective.alignment,
     )
     for callback in settings.callbacks:
         if isinstance(callback, RetrievalCallback):
@@ -276,15 +284,15 @@ def _record_data(settings: PretrainSettings, data: PreprocessedData) -> None:
 
 
 def expand_streams(streams: Sequence[StreamSettings], data: PreprocessedData) -> list[StreamSpec]:
-    """`objective.streams` entries -> `StreamSpec`s; `langs: '*'` is every monolingual language of the data,
-    `'*-*'` every parallel pair. Raises ValueError naming the entry on an invalid stream or missing data."""
+    """`objective.streams` entries -> `StreamSpec`s; `langs` as `expand_langs` (`'*'`, `'*-*'`, `'*<->*'`, a
+    list). Raises ValueError naming the entry on an invalid stream or missing data."""
     mono = [name for name in data.manifest["monolingual"]]
     specs = []
     for i, entry in enumerate(streams):
         fields = dataclasses.asdict(entry)
         where = f"objective.streams[{i}]"
         langs = entry.langs
-        choices = {"*": mono, "*-*": data.pairs}.get(langs, [langs])
+        choices = expand_langs(langs, mono, data.pairs)
         if not choices:
             kind = "monolingual" if langs == "*" else "parallel"
             raise ValueError(f"{where}: langs {langs!r} but {data.directory} has no {kind} data")

@@ -71,13 +71,18 @@ class XLMConfig:
     layer_norm_eps: float = 1e-12
     """Epsilon of every LayerNorm."""
     init_std: float = 0.02
-    """Std of the normal init of every Linear weight (biases start at zero)."""
+    """Std of the normal init of every Linear weight (biases start at zero): transformers' XLM init. The original
+    XLM keeps PyTorch's default Linear init (Kaiming-uniform, bound 1/sqrt(fan_in), uniform biases) and
+    initialises the embeddings with N(0, emb_dim**-0.5); xlmtrain follows transformers (pretraining sets
+    embed_init_std = emb_dim**-0.5 as XLM), so a fresh model's Linear layers differ from a fresh XLM's."""
     bos_index: int = 0
     """Id of `<s>` (JSON key `bos_token_id`)."""
     eos_index: int = 1
     """Id of `</s>`, the sentence delimiter (JSON key `eos_token_id`)."""
     pad_index: int = 2
-    """Id of `<pad>`; its embedding row starts at zero and receives no gradient (JSON key `pad_token_id`)."""
+    """Id of `<pad>`; its embedding row starts at zero (JSON key `pad_token_id`). The lookup gives it no gradient
+    (`padding_idx`), but the output projection is tied to the same matrix, so the row does get the LM loss's
+    gradient through the softmax (as in XLM and transformers) and moves away from zero during training."""
     unk_index: int = 3
     """Id of `<unk>`."""
     mask_index: int = 5
@@ -108,6 +113,9 @@ class XLMConfig:
     """Language id -> language code (keys are strings in JSON)."""
     num_labels: int = 2
     """Output classes of the classification / token / multiple-choice / QA heads."""
+    id2label: dict[int, str] | None = None
+    """Class names by output id (XNLI: contradiction, neutral, entailment; a tagger's tags), written to
+    config.json as `id2label` / `label2id`; None (or a count other than num_labels): transformers' LABEL_i."""
     problem_type: str | None = None
     """Sequence classification loss: regression, single_label_classification or multi_label_classification;
     None infers it from num_labels and the label dtype, as transformers does."""
@@ -117,6 +125,8 @@ class XLMConfig:
     def __post_init__(self) -> None:
         if self.id2lang is not None:
             self.id2lang = {int(k): v for k, v in self.id2lang.items()}
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if self.asm:
             raise UnsupportedFeatureError(
                 "adaptive softmax (key 'asm'=true) is not supported by xlmtrain; use asm=false"
@@ -181,8 +191,10 @@ class XLMConfig:
                 kwargs[name] = value
             elif key != "model_type":
                 extra[key] = value
-        if "id2label" in extra and "num_labels" not in kwargs:
-            kwargs["num_labels"] = len(extra["id2label"])
+        if "id2label" in kwargs:
+            extra.pop("label2id", None)  # derived from id2label when written
+            if "num_labels" not in kwargs:
+                kwargs["num_labels"] = len(kwargs["id2label"])
         try:
             return cls(**kwargs, extra=extra)
         except ConfigError as err:
@@ -194,7 +206,7 @@ class XLMConfig:
         """The transformers `config.json` dict (`model_type: xlm`, transformers 5.x key names, `extra` merged)."""
         out: dict[str, Any] = {"model_type": "xlm"}
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "num_labels"):
+            if f.name in ("extra", "num_labels", "id2label"):
                 continue
             value = getattr(self, f.name)
             if f.name in ("lang2id", "id2lang", "problem_type") and value is None:
@@ -203,12 +215,12 @@ class XLMConfig:
                 value = {str(k): v for k, v in value.items()}
             out[_JSON_NAMES.get(f.name, f.name)] = value
         out.update(self.extra)
-        labels = out.get("id2label")
-        if (labels is None and self.num_labels != _DEFAULT_NUM_LABELS) or (
-            labels is not None and len(labels) != self.num_labels
-        ):
-            out["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
-            out["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        names = self.id2label if self.id2label is not None and len(self.id2label) == self.num_labels else None
+        if names is None and self.num_labels != _DEFAULT_NUM_LABELS:
+            names = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if names is not None:
+            out["id2label"] = {str(i): name for i, name in sorted(names.items())}
+            out["label2id"] = {name: i for i, name in sorted(names.items())}
         return out
 
     def replace(self, source: str = "<overrides>", **changes: Any) -> XLMConfig:

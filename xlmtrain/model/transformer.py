@@ -250,7 +250,8 @@ class XLMTransformer(nn.Module):
                 do); None: read from the mask (a host sync on accelerators, skipped for causal attention).
 
         Raises:
-            ValueError: on shapes that do not match `input_ids` or sequences longer than the position table.
+            ValueError: on shapes that do not match `input_ids`, sequences longer than the position table without
+                `position_ids`, or (on CPU) position ids outside it.
         """
         causal = self.config.causal if causal is None else causal
         selected = self._check_inputs(input_ids, attention_mask, langs, position_ids, output_positions)
@@ -291,9 +292,14 @@ class XLMTransformer(nn.Module):
         """Raise ValueError on shapes unlike `input_ids`' or a sequence longer than the position table; return
         the selected positions' layout (computed here from a bool mask: a host sync off the CPU)."""
         bs, slen = input_ids.shape
-        if slen > self.config.max_position_embeddings:
-            limit = self.config.max_position_embeddings
+        limit = self.config.max_position_embeddings
+        # With explicit position_ids (TLM pairs restart at the second sentence, as XLM) the sequence may be longer
+        # than the table: each side up to `limit` positions. Their values are checked on CPU (free there; on an
+        # accelerator it would be a host sync, and the embedding lookup fails on its own).
+        if position_ids is None and slen > limit:
             raise ValueError(f"sequence length {slen} exceeds max_position_embeddings={limit}")
+        if position_ids is not None and position_ids.device.type == "cpu" and int(position_ids.max()) >= limit:
+            raise ValueError(f"position id {int(position_ids.max())} exceeds max_position_embeddings={limit}")
         selected_mask = output_positions.mask if isinstance(output_positions, SelectedPositions) else output_positions
         named = (("attention_mask", attention_mask), ("langs", langs), ("position_ids", position_ids))
         for name, tensor in (*named, ("output_positions", selected_mask)):

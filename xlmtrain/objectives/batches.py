@@ -76,6 +76,7 @@ def concat_pair(
 ) -> PairLayout:
     """Concatenate aligned sentence batches `x1 (bs, s1)` and `x2 (bs, s2)` as XLM's `concat_batches`
     with `reset_positions=True`. Sentence a comes first, as the stream name orders them (`en-fr`: en).
+    Positions restart at 0 for b, so each side may use the whole position table; padding positions are 0.
     """
     if x1.shape[0] != x2.shape[0]:
         raise ValueError(f"pair sides have different batch sizes: {x1.shape[0]} vs {x2.shape[0]}")
@@ -89,7 +90,9 @@ def concat_pair(
     a_ids = torch.gather(x1, 1, cols.clamp(max=x1.shape[1] - 1))  # (bs, slen)
     b_ids = torch.gather(x2, 1, (cols - len1[:, None]).clamp(0, x2.shape[1] - 1))  # (bs, slen)
     ids = torch.where(in_a, a_ids, torch.where(in_b_real, b_ids, torch.full_like(a_ids, pad_index)))
-    positions = torch.where(in_b, cols - len1[:, None], cols)
+    # Padding gets position 0 (XLM continues counting over it): pads are masked, and a long pair (each side up to
+    # the position table, as XLM accepts) must not index past the table there.
+    positions = torch.where(in_b_real, cols - len1[:, None], torch.where(in_a, cols, 0))
     langs = torch.where(in_b, torch.full_like(cols, lang2_id), torch.full_like(cols, lang1_id))
     return PairLayout(ids=ids, lengths=lengths, positions=positions, langs=langs)
 
@@ -109,3 +112,53 @@ def next_token_targets(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.
 def constant_langs(ids: torch.Tensor, lang_id: int) -> torch.Tensor:
     """A `(bs, slen)` language-id tensor filled with `lang_id` for a monolingual batch."""
     return torch.full_like(ids, lang_id)
+
+
+@dataclass
+class PairBatch:
+    """A translation-pair batch for the alignment objectives: the two sides padded separately, each row
+    `</s> w1..wn </s> <pad>...` (XLM's sentence layout), row i of both sides one pair.
+
+    Attributes:
+        src_ids: `(bs, s1)` first side, in the stream's order (`en-fr`: en).
+        src_lengths: `(bs,)` real tokens per row of `src_ids`.
+        src_langs: `(bs, s1)` the first language's id.
+        tgt_ids, tgt_lengths, tgt_langs: the same for the second side.
+        global_rows: pairs in the global batch this batch is a slice of (all ranks together).
+    """
+
+    src_ids: torch.Tensor
+    src_lengths: torch.Tensor
+    src_langs: torch.Tensor
+    tgt_ids: torch.Tensor
+    tgt_lengths: torch.Tensor
+    tgt_langs: torch.Tensor
+    global_rows: int
+
+
+def pair_batch(
+    x1: torch.Tensor, len1: torch.Tensor, x2: torch.Tensor, len2: torch.Tensor, *, lang1_id: int, lang2_id: int
+) -> PairBatch:
+    """A `PairBatch` from aligned sentence batches `x1 (bs, s1)`, `x2 (bs, s2)` (as `ParallelBatches` yields)."""
+    if x1.shape[0] != x2.shape[0]:
+        raise ValueError(f"pair sides have different batch sizes: {x1.shape[0]} vs {x2.shape[0]}")
+    return PairBatch(x1, len1, constant_langs(x1, lang1_id), x2, len2, constant_langs(x2, lang2_id), x1.shape[0])
+
+
+def pair_rank_rows(batch: PairBatch, rank: int, world_size: int, *, where: str = "batch") -> PairBatch:
+    """Rank `rank`'s contiguous slice of a global `PairBatch` (the rows `torch.tensor_split` gives it), each side's
+    trailing all-pad columns dropped. Raises ValueError naming `where` if a rank would get no rows."""
+    if world_size == 1:
+        return batch
+    bs = batch.src_ids.shape[0]
+    if bs < world_size:
+        raise ValueError(
+            f"{where} has {bs} pairs for {world_size} ranks: raise data.batching.batch_size (or tokens_per_batch)"
+        )
+    rows = torch.tensor_split(torch.arange(bs), world_size)[rank]
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    s1, s2 = int(batch.src_lengths[lo:hi].max()), int(batch.tgt_lengths[lo:hi].max())
+    return PairBatch(
+        batch.src_ids[lo:hi, :s1], batch.src_lengths[lo:hi], batch.src_langs[lo:hi, :s1],
+        batch.tgt_ids[lo:hi, :s2], batch.tgt_lengths[lo:hi], batch.tgt_langs[lo:hi, :s2], bs,
+    )  # fmt: skip

@@ -35,13 +35,16 @@ from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.data.streams import ParallelBatches, StreamBatches
 from xlmtrain.objectives.batches import (
     LMBatch,
+    PairBatch,
     concat_pair,
     constant_langs,
     next_token_targets,
+    pair_batch,
+    pair_rank_rows,
     with_host_layout,
 )
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
-from xlmtrain.objectives.streams import StreamMixture, StreamSpec
+from xlmtrain.objectives.streams import ALIGNMENT_OBJECTIVES, StreamMixture, StreamSpec
 
 _KEEP_STATES = 64  # states of recent batches kept for checkpointing; far above Lightning's prefetch depth
 
@@ -66,8 +69,14 @@ class BatchSettings:
         tokens_per_batch: token budget of a pair batch instead of `batch_size` (None: use batch_size).
         max_len: pairs with a side longer than this (BPE tokens) are left out of training.
         group_by_size: sort pairs by length before cutting batches (less padding).
-        valid_batch_size: rows per validation batch.
-        valid_max_batches: validation batches per stream (None: the whole valid split).
+        valid_batch_size: rows per validation batch. Monolingual validation streams are laid out in ONE column,
+            as XLM evaluates them (batch size 1: at most bptt - 1 leading `</s>` of padding), and
+            `valid_batch_size` consecutive bptt-chunks of that column make one batch.
+        valid_max_batches: validation batches per stream (None: no cap beyond `valid_limits`).
+        valid_limits: `xlm`: XLM's evaluation limits (`Evaluator.get_iterator`), by the number of languages of
+            the data: up to 5, whole splits; more, every 5th stream chunk (test: 10th) and the first 1500 pairs
+            (test: 300); over 30, as that but non-XNLI-15 languages and test at every 10th chunk, 600 pairs.
+            `none`: whole splits.
     """
 
     batch_size: int = 32
@@ -77,11 +86,14 @@ class BatchSettings:
     group_by_size: bool = True
     valid_batch_size: int = 16
     valid_max_batches: int | None = None
+    valid_limits: str = "xlm"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "bptt", "max_len", "valid_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.batching.{name} must be > 0, got {getattr(self, name)}")
+        if self.valid_limits not in ("xlm", "none"):
+            raise ValueError(f"data.batching.valid_limits must be xlm or none, got {self.valid_limits!r}")
 
 
 @dataclass(frozen=True)
@@ -105,9 +117,10 @@ class MaskingSettings:
 class TrainItem:
     """One training batch: `batch` (this rank's rows) from stream `stream`, loss coefficient `lam`, global batch
     counter `index`, and `n_targets`, the number of targets of the GLOBAL batch (all ranks' rows): the loss is
-    normalised by it without a collective."""
+    normalised by it without a collective. For the alignment objectives (`trans_rank`, `xlco`) `batch` is a
+    `PairBatch` and `n_targets` the global number of pairs."""
 
-    batch: LMBatch
+    batch: LMBatch | PairBatch
     stream: int
     lam: float
     index: int
@@ -116,9 +129,9 @@ class TrainItem:
 
 @dataclass
 class ValidItem:
-    """One validation batch of stream `stream`."""
+    """One validation batch of stream `stream` (an `LMBatch`, or a `PairBatch` for the alignment objectives)."""
 
-    batch: LMBatch
+    batch: LMBatch | PairBatch
     stream: int
 
 
@@ -150,6 +163,12 @@ class _Builder:
             return pair.ids, pair.lengths, pair.positions, pair.langs
         x, lengths = raw
         return x, lengths, None, constant_langs(x, self.lang2id[spec.langs])
+
+    def pair(self, spec: StreamSpec, raw: Any) -> PairBatch:
+        """The two sides of a raw pair batch, padded separately (the alignment objectives)."""
+        (x1, len1), (x2, len2) = raw
+        lang1, lang2 = spec.lang_list
+        return pair_batch(x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2])
 
     def clm(self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor) -> LMBatch:
         pred_mask, targets = next_token_targets(ids, lengths)
@@ -204,6 +223,7 @@ class PretrainBatches:
         batching: BatchSettings,
         masking: MaskingSettings,
         lg_sampling_factor: float = -1.0,
+        mixture: str = "xlm",
         seed: int = 0,
         skip_batches: Collection[int] = (),
     ) -> None:
@@ -215,6 +235,7 @@ class PretrainBatches:
             counts: per-id corpus counts of the dictionary (for `sample_alpha`).
             batching, masking: see `BatchSettings`, `MaskingSettings`.
             lg_sampling_factor: alpha of language sampling inside a stream group (< 0: follow weights only).
+            mixture: how stream groups share the steps, `xlm` or `weights` (`StreamMixture`).
             seed: seed of stream choice, masking and data order.
             skip_batches: batch counters whose data is drawn and dropped (the numerics guard's bad batches);
                 every other batch is the one it would have been.
@@ -230,7 +251,7 @@ class PretrainBatches:
             spec.name: len(_pair_corpora(data, "train", spec)[0] if spec.is_pair else data.mono("train", spec.langs))
             for spec in self.specs
         }
-        self.mixture = StreamMixture(self.specs, sizes, lg_sampling_factor)
+        self.mixture = StreamMixture(self.specs, sizes, lg_sampling_factor, mixture)
         self.rank, self.world_size, self.accumulate = 0, 1, 1
         self._iterators: list[Any] = []
         self._next_index = 0
@@ -259,7 +280,9 @@ class PretrainBatches:
         self._states.clear()
         self._start = self.next_state()
 
-    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch:
+    def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch | PairBatch:
+        if spec.objective in ALIGNMENT_OBJECTIVES:
+            return self.builder.pair(spec, raw)
         ids, lengths, positions, langs = self.builder.layout(spec, raw)
         if spec.objective == "clm":
             return self.builder.clm(ids, lengths, positions, langs)
@@ -290,9 +313,13 @@ class PretrainBatches:
                 self._next_index = k + 1
                 continue
             batch = self._make(spec, next(self._iterators[stream]), _generator(self.seed, k, 1))
-            n_targets = batch.targets.numel()
-            batch = rank_rows(batch, self.rank, self.world_size, where=f"batch {k} of stream {spec.name}")
-            batch = with_host_layout(batch)
+            where = f"batch {k} of stream {spec.name}"
+            if isinstance(batch, PairBatch):
+                n_targets = batch.global_rows
+                batch = pair_rank_rows(batch, self.rank, self.world_size, where=where)
+            else:
+                n_targets = batch.targets.numel()
+                batch = with_host_layout(rank_rows(batch, self.rank, self.world_size, where=where))
             self._next_index = k + 1
             state = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
             with self._states_lock:
@@ -331,6 +358,20 @@ class PretrainBatches:
         self._states.clear()
 
 
+_XNLI15 = frozenset("ar bg de el en es fr hi ru sw th tr ur vi zh".split())
+
+
+def xlm_eval_limits(n_langs: int, split: str, lang: str) -> tuple[int, int | None]:
+    """XLM's evaluation limits (`Evaluator.get_iterator`): `(stream subsample, pairs kept or None)` for a run over
+    `n_langs` languages, on `split` (valid/test), for stream language `lang` (the first of a pair)."""
+    if n_langs > 30:
+        rare = split == "test" or lang not in _XNLI15
+        return (10, 600) if rare else (5, 1500)
+    if n_langs > 5:
+        return (10, 300) if split == "test" else (5, 1500)
+    return 1, None
+
+
 class ValidBatches:
     """Finite iterable of `ValidItem`s: every stream's valid split in order, masked deterministically."""
 
@@ -356,23 +397,45 @@ class ValidBatches:
         """Shard the validation batches over ranks."""
         self.rank, self.world_size = rank, world_size
 
-    def _iterator(self, spec: StreamSpec) -> Any:
+    def _limits(self, spec: StreamSpec) -> tuple[int, int | None]:
+        if self.batching.valid_limits == "none":
+            return 1, None
+        return xlm_eval_limits(len(self.data.lang2id), self.split, spec.lang_list[0])
+
+    def _global_batches(self, spec: StreamSpec) -> Iterator[Any]:
+        """Every rank's view of the global validation batches of `spec`, in order (tokens read lazily)."""
         b = self.batching
-        common = dict(rank=self.rank, world_size=self.world_size, shuffle=False)
+        subsample, max_pairs = self._limits(spec)
         if spec.is_pair:
             c1, c2 = _pair_corpora(self.data, self.split, spec)
-            return ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False, **common)
-        return StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, b.valid_batch_size, **common)
+            pairs = ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False,
+                                    shuffle=False, max_sentences=max_pairs)  # fmt: skip
+            return (lambda i=i: pairs.batch_at(i) for i in range(len(pairs)))
+        # One column (XLM's batch size 1), every `subsample`-th bptt chunk; `valid_batch_size` chunks per batch.
+        column = StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, 1, shuffle=False)
+        chunks = list(range(0, len(column), subsample))
+        groups = [chunks[i : i + b.valid_batch_size] for i in range(0, len(chunks), b.valid_batch_size)]
+
+        def stacked(group: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            parts = [column.batch_at(c) for c in group]
+            return torch.cat([x for x, _ in parts]), torch.cat([n for _, n in parts])  # (len(group), bptt)
+
+        return (lambda g=g: stacked(g) for g in groups)
 
     def __iter__(self) -> Iterator[ValidItem]:
         limit = self.batching.valid_max_batches
         for stream, spec in enumerate(self.specs):
-            for local, raw in enumerate(self._iterator(spec)):
-                # This rank's batches are the global batches rank, rank + W, ... (see `data.streams`); keying
-                # the masking and the limit by the global number keeps validation independent of W.
-                j = local * self.world_size + self.rank
+            for j, load in enumerate(self._global_batches(spec)):
+                # Global batch j belongs to rank j % W; keying the masking and the limit by j keeps validation
+                # independent of W.
                 if limit is not None and j >= limit:
                     break
+                if j % self.world_size != self.rank:
+                    continue
+                raw = load()
+                if spec.objective in ALIGNMENT_OBJECTIVES:
+                    yield ValidItem(batch=self.builder.pair(spec, raw), stream=stream)
+                    continue
                 ids, lengths, positions, langs = self.builder.layout(spec, raw)
                 if spec.objective == "clm":
                     batch = self.builder.clm(ids, lengths, positions, langs)

@@ -2,24 +2,36 @@
 
 Mapping XLM onto Lightning (reference §A4.1): in XLM every stream step is its own forward, backward
 and optimizer update. Here each Lightning training batch comes from one stream, drawn by
-`StreamMixture` with a seeded generator, and each Lightning step is one optimizer update (with
-`trainer.accumulate_grad_batches=k`, k draws make one update: Lightning averages their losses, where XLM's
-accumulation sums them, which Adam sees only through eps and clipping; tests/test_training_semantics.py).
+`StreamMixture` with a seeded generator, and each Lightning step is one optimizer update. With
+`trainer.accumulate_grad_batches=k`, k draws (each from its own stream) make one update whose gradient is
+their MEAN: Lightning divides each draw's loss by k before backward. XLM's `--accumulate_gradients` sums them
+(a gradient k times larger, which Adam's update ignores except through eps and clipping at clip_grad_norm;
+tests/test_training_semantics.py). Lambdas and mixture probabilities are evaluated at the optimizer step
+(`batch // k`).
 The loss is `lambda(step) * mean CE` over the predicted positions only (the model's `pred_mask` path).
 Batches, masking and stream choice are built by `PretrainBatches`; their random state is saved in the
 checkpoint (`on_save_checkpoint`) as of the last batch actually trained on, so prefetching does not
 shift a resumed run.
 
+The alignment streams (`trans_rank`, `xlco`: `xlmtrain.objectives.alignment`) encode the two sides of
+a pair separately and their loss is `lambda(step) * mean per-pair loss`; XLCo's momentum encoder and
+queue (`self.xlco`) are part of the module's state dict, so checkpoints carry them, and not of `self.model`,
+so export is unchanged. Their validation logs `valid_<pair>_<objective>_loss` (in-batch, no queue) and
+`_acc`, the in-batch translation retrieval accuracy of the trained encoder (both directions, percent).
+
 Validation runs every stream on its valid split with XLM's deterministic masking and logs
-`valid_<langs>_<objective>_{ppl,acc}` (e.g. `valid_en_mlm_ppl`, `valid_en-fr_tlm_acc`) plus
-token-weighted averages over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (as XLM,
-TLM is not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`. Accuracy is a percentage
-(as XLM); perplexity is `exp` of the token-weighted mean CE.
+`valid_<langs>_<objective>_{ppl,acc}` (e.g. `valid_en_mlm_ppl`, `valid_en-fr_tlm_acc`): perplexity is `exp` of
+the stream's token-weighted mean CE, accuracy a percentage (as XLM). Averages as XLM's `run_all_evals`: the
+MEAN of the per-stream values over monolingual streams `valid_mlm_{ppl,acc}`, `valid_clm_{ppl,acc}` (TLM is
+not in the MLM average) and over pair streams `valid_tlm_{ppl,acc}`; so en at ppl 10 on 100k tokens and sw at
+ppl 40 on 10k give `valid_mlm_ppl` 25. The token-weighted group values (exp of the pooled CE: 11.3 there) are
+logged as `valid_{mlm,clm,tlm}_{ppl,acc}_tokens`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -29,9 +41,17 @@ from torchmetrics import MeanMetric
 
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
-from xlmtrain.objectives.batches import LMBatch
+from xlmtrain.objectives.alignment import (
+    AlignmentSettings,
+    XLCoState,
+    in_batch_accuracy,
+    sentence_vectors,
+    translation_ranking_loss,
+    xlco_loss,
+)
+from xlmtrain.objectives.batches import LMBatch, PairBatch
 from xlmtrain.objectives.data import PretrainBatches, TrainItem, ValidBatches, ValidItem
-from xlmtrain.objectives.streams import StreamSpec
+from xlmtrain.objectives.streams import ALIGNMENT_OBJECTIVES, StreamSpec
 from xlmtrain.training.precision import clip_gradients
 from xlmtrain.training.prefetch import BackgroundBatches
 from xlmtrain.training.rng import CPU_KEY as RNG_KEY
@@ -56,6 +76,7 @@ class PretrainModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         train_batches: PretrainBatches | None = None,
         valid_batches: ValidBatches | None = None,
+        alignment: AlignmentSettings | Mapping[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -65,14 +86,21 @@ class PretrainModule(pl.LightningModule):
             scheduler: `scheduler(optimizer, max_steps=...)` -> LR scheduler stepped every optimizer step.
             train_batches: the training batch source (None when only loading weights or validating).
             valid_batches: the validation batch source (None: no validation).
+            alignment: settings of the `trans_rank` / `xlco` streams (saved as a hyperparameter; None: defaults).
         """
         super().__init__()
+        if alignment is None or isinstance(alignment, Mapping):
+            alignment = AlignmentSettings(**dict(alignment or {}))
         self.save_hyperparameters(
-            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams]}
+            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams], "alignment": asdict(alignment)}
         )
         self.config = config
         self.specs = list(streams)
         self.model = XLMWithLMHead(self.config)
+        self.alignment = alignment
+        # XLCo's momentum encoder and queue; a copy of the initial encoder, as MoCo starts.
+        uses_xlco = any(s.objective == "xlco" for s in self.specs)
+        self.xlco = XLCoState(self.model.transformer, self.config.emb_dim, alignment) if uses_xlco else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_batches = train_batches
@@ -102,6 +130,36 @@ class PretrainModule(pl.LightningModule):
         selected = batch.pred_mask if batch.selected is None else batch.selected  # the host-built layout: no sync
         return self.model.masked_lm_loss(batch.input_ids, selected, batch.targets, **self._encoder_inputs(batch))
 
+    def _sides(self, batch: PairBatch, encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, dim) pooled vectors of both sides of `batch` through `encoder`."""
+        pooling = self.alignment.pooling
+        src = sentence_vectors(encoder, batch.src_ids, batch.src_lengths, batch.src_langs, pooling)
+        tgt = sentence_vectors(encoder, batch.tgt_ids, batch.tgt_lengths, batch.tgt_langs, pooling)
+        return src, tgt
+
+    def alignment_losses(self, batch: PairBatch, objective: str) -> torch.Tensor:
+        """Per-pair training loss `(n_pairs,)` of a `trans_rank` or `xlco` batch (this rank's pairs, negatives from
+        every rank's when `alignment.gather_negatives`). XLCo first moves the momentum encoder, then enqueues
+        this batch's keys."""
+        a = self.alignment
+        src, tgt = self._sides(batch, self.model.transformer)
+        if objective == "trans_rank":
+            loss = translation_ranking_loss(
+                src, tgt, global_rows=batch.global_rows, margin=a.margin, scale=a.scale, gather=a.gather_negatives
+            )
+        else:
+            self.xlco.update_momentum(self.model.transformer)
+            with torch.no_grad():
+                key_src, key_tgt = self._sides(batch, self.xlco.key_encoder)
+            loss, keys = xlco_loss(
+                src, tgt, key_src, key_tgt, self.xlco.negatives(), global_rows=batch.global_rows, scale=a.xlco_scale,
+                gather=a.gather_negatives,
+            )  # fmt: skip
+            self.xlco.enqueue(keys)
+        # The LM head's bias is the one trained weight these steps do not reach: a zero-weighted term gives it a
+        # (zero) gradient, as DDP without find_unused_parameters needs every step; 1 process does the same.
+        return loss + 0.0 * self.model.pred_layer.proj.bias.sum()
+
     def training_step(self, item: TrainItem, batch_idx: int) -> dict[str, torch.Tensor]:
         """`{"loss": lambda * mean CE of the drawn stream over the global batch (rank-scaled, see below),
         "ce": the global mean CE, detached}`; `ce` is what `training.numerics.NumericsGuard` judges (NaN,
@@ -113,7 +171,11 @@ class PretrainModule(pl.LightningModule):
         the update is then the 1-process update of the global batch. The logged global mean is reduced after
         backward (`on_after_backward`).
         """
-        ce_sum = self.target_losses(item.batch).sum()
+        spec = self.specs[item.stream]
+        if isinstance(item.batch, PairBatch):
+            ce_sum = self.alignment_losses(item.batch, spec.objective).sum()  # over this rank's pairs
+        else:
+            ce_sum = self.target_losses(item.batch).sum()
         # This rank's share of the global mean, made global in place by `on_after_backward` (the tensor returned
         # here as "ce", which `NumericsGuard` reads after the step).
         ce_mean = ce_sum.detach() / item.n_targets
@@ -134,7 +196,7 @@ class PretrainModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             torch.distributed.all_reduce(ce_mean)  # the default group: Lightning's DDP process group
         spec = self.specs[item.stream]
-        bs = item.batch.input_ids.shape[0]
+        bs = len(item.batch.src_ids if isinstance(item.batch, PairBatch) else item.batch.input_ids)
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
@@ -147,38 +209,72 @@ class PretrainModule(pl.LightningModule):
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_step(self, item: ValidItem, batch_idx: int) -> None:
-        """Accumulate token-weighted CE and accuracy of one deterministic validation batch."""
+        """Accumulate token-weighted CE and accuracy of one deterministic validation batch (pair-weighted loss and
+        in-batch retrieval accuracy for the alignment streams)."""
         spec = self.valid_specs[item.stream]
-        logits = self(item.batch).float()
-        targets = item.batch.targets
-        n = targets.numel()
-        ce = F.cross_entropy(logits, targets)
-        acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
+        if isinstance(item.batch, PairBatch):
+            loss, acc, n = self._alignment_validation(item.batch, spec.objective)
+        else:
+            logits = self(item.batch).float()
+            targets = item.batch.targets
+            n = targets.numel()
+            loss = F.cross_entropy(logits, targets)
+            acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
         for key in (spec.name, spec.average_group):
             if key is not None:
-                self.valid_ce[_key(key)].update(ce, weight=n)
+                self.valid_ce[_key(key)].update(loss, weight=n)
                 self.valid_acc[_key(key)].update(acc, weight=n)
 
+    def _alignment_validation(self, batch: PairBatch, objective: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(mean in-batch loss, in-batch retrieval accuracy %, pairs) of a validation pair batch; no queue, no
+        momentum update, no gather (validation batches are whole on each rank)."""
+        a = self.alignment
+        src, tgt = self._sides(batch, self.model.transformer)
+        n = batch.src_ids.shape[0]
+        if objective == "trans_rank":
+            loss = translation_ranking_loss(src, tgt, global_rows=n, margin=a.margin, scale=a.scale, gather=False)
+        else:
+            key_src, key_tgt = self._sides(batch, self.xlco.key_encoder)
+            loss, _ = xlco_loss(src, tgt, key_src, key_tgt, None, global_rows=n, scale=a.xlco_scale, gather=False)
+        return loss.mean(), in_batch_accuracy(src, tgt), n
+
     def on_validation_epoch_end(self) -> None:
-        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream and average (synced across ranks)."""
+        """Log `valid_<name>_ppl` / `valid_<name>_acc` for every stream (`valid_<name>_loss` instead of a
+        perplexity for the alignment streams), XLM's averages (the mean over a group's streams) and the
+        token-weighted `valid_<group>_{ppl,acc}_tokens` (synced across ranks)."""
         # Every rank computes every metric in the same order (each compute is a collective), also for a stream
         # it had no batch of: skipping by the local `update_called` would leave the other ranks' sync unmatched.
         # A stream no rank validated gives 0/0 = NaN on all of them alike and is not logged.
+        groups = {spec.name: spec.average_group for spec in self.valid_specs}
+        per_stream: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for key, ce_metric in self.valid_ce.items():
             name = _unkey(key)
-            ce = ce_metric.compute()
-            if torch.isnan(ce):
-                ce_metric.reset()
-                self.valid_acc[key].reset()
-                continue
-            self.log(f"valid_{name}_ppl", torch.exp(ce), sync_dist=True)
-            self.log(f"valid_{name}_acc", self.valid_acc[key].compute(), sync_dist=True)
+            ce, acc = ce_metric.compute(), self.valid_acc[key].compute()
             ce_metric.reset()
             self.valid_acc[key].reset()
+            if torch.isnan(ce):
+                continue
+            if name.endswith(tuple(f"_{o}" for o in ALIGNMENT_OBJECTIVES)):
+                self.log(f"valid_{name}_loss", ce, sync_dist=True)
+                self.log(f"valid_{name}_acc", acc, sync_dist=True)
+                continue
+            ppl = torch.exp(ce)
+            if name not in groups:  # an average group: token-weighted over its streams
+                self.log(f"valid_{name}_ppl_tokens", ppl, sync_dist=True)
+                self.log(f"valid_{name}_acc_tokens", acc, sync_dist=True)
+                continue
+            self.log(f"valid_{name}_ppl", ppl, sync_dist=True)
+            self.log(f"valid_{name}_acc", acc, sync_dist=True)
+            if groups[name] is not None:
+                per_stream.setdefault(groups[name], []).append((ppl, acc))
+        for group, values in per_stream.items():  # XLM's averages: the mean of the per-stream values
+            self.log(f"valid_{group}_ppl", torch.stack([p for p, _ in values]).mean(), sync_dist=True)
+            self.log(f"valid_{group}_acc", torch.stack([a for _, a in values]).mean(), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         """The optimizer over all parameters and, if configured, a per-step LR scheduler."""
-        optimizer = self.optimizer_factory(self.parameters())
+        # Only trained weights: XLCo's momentum encoder is frozen (it follows the encoder by EMA).
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, max_steps=self.trainer.max_steps)

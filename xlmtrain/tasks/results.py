@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-XNLI_LANGS = "en fr es de el bg ru tr ar vi th zh hi sw ur".split()
-"""The paper's column order; other languages follow alphabetically."""
+from xlmtrain.tasks.published import XNLI_LANGS
 
 Results = dict[str, dict[str, tuple[float, int]]]  # split -> lang -> (metric %, n)
 
 
 def ordered_langs(results: Results) -> list[str]:
-    """Languages of all splits, XNLI's order first, then alphabetical."""
+    """Languages of all splits, XNLI's (the paper's) order first, then alphabetical."""
     langs = {lang for split in results.values() for lang in split}
     return [lang for lang in XNLI_LANGS if lang in langs] + sorted(langs - set(XNLI_LANGS))
 
