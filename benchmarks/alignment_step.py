@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchlib import SHAPES, format_table, machine_line, time_interleaved
 
+from benchlib import SHAPES, format_table, machine_line, time_interleaved
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.objectives.alignment import AlignmentSettings
 from xlmtrain.objectives.batches import PairBatch, pair_batch

@@ -17,7 +17,8 @@ SPECS = [StreamSpec("mlm", "io"), StreamSpec("clm", "vo"), StreamSpec("tlm", "io
 def _batches(prep: Path, rank: int, world: int, n: int, **batching: int) -> list[TrainItem]:
     data = PreprocessedData(prep)
     source = PretrainBatches(
-        SPECS, data, n_words=len(data.dictionary), counts=data.dictionary.counts,
+        SPECS, data, n_words=len(data.dictionary), mask_index=data.dictionary.mask_index,
+        pad_index=data.dictionary.pad_index, counts=data.dictionary.counts,
         batching=BatchSettings(**{"batch_size": 6, "bptt": 16, **batching}), masking=MaskingSettings(), seed=3,
     )  # fmt: skip
     source.configure(rank=rank, world_size=world)
@@ -71,7 +72,8 @@ def test_validation_union_does_not_depend_on_world_size(synthetic_prep: Path) ->
     data = PreprocessedData(synthetic_prep)
 
     def items(rank: int, world: int) -> list:
-        source = ValidBatches(SPECS, data, n_words=len(data.dictionary), masking=MaskingSettings(),
+        source = ValidBatches(SPECS, data, n_words=len(data.dictionary), mask_index=data.dictionary.mask_index,
+                              pad_index=data.dictionary.pad_index, masking=MaskingSettings(),
                               batching=BatchSettings(valid_batch_size=8, bptt=16, valid_max_batches=4))  # fmt: skip
         source.configure(rank=rank, world_size=world)
         return [(i.stream, i.batch.input_ids.tolist(), i.batch.targets.tolist()) for i in source]

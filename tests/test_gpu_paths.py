@@ -235,8 +235,9 @@ def _pretrain_batches(prep: Path):  # type: ignore[no-untyped-def]
 
     data = PreprocessedData(prep)
     specs = [StreamSpec("mlm", "io"), StreamSpec("tlm", "io-vo")]
-    return PretrainBatches(specs, data, n_words=len(data.dictionary), counts=data.dictionary.counts,
-                           batching=BatchSettings(batch_size=4, bptt=16), masking=MaskingSettings(), seed=3)  # fmt: skip
+    dico = data.dictionary
+    return PretrainBatches(specs, data, n_words=len(dico), mask_index=dico.mask_index, pad_index=dico.pad_index,
+                           counts=dico.counts, batching=BatchSettings(batch_size=4, bptt=16), masking=MaskingSettings(), seed=3)  # fmt: skip
 
 
 def test_background_batches_yield_the_same_items_and_checkpoint_states(synthetic_prep: Path) -> None:

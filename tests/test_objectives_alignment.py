@@ -210,7 +210,7 @@ def _pair_items(prep, rank: int, world: int, n: int):
     data = PreprocessedData(prep)
     source = PretrainBatches(
         [StreamSpec("tlm", "io-vo"), StreamSpec("trans_rank", "io-vo")], data, n_words=len(data.dictionary),
-        counts=data.dictionary.counts, batching=BatchSettings(batch_size=5), masking=MaskingSettings(), seed=4,
+        mask_index=data.dictionary.mask_index, pad_index=data.dictionary.pad_index, counts=data.dictionary.counts, batching=BatchSettings(batch_size=5), masking=MaskingSettings(), seed=4,
     )  # fmt: skip
     source.configure(rank=rank, world_size=world)
     return source, [item for _, item in zip(range(n), source)]
@@ -260,14 +260,13 @@ def test_pair_stream_state_resumes_at_the_next_batch(synthetic_prep) -> None:
 def _module(objective: str, **alignment):
     from xlmtrain.model.config import XLMConfig
     from xlmtrain.objectives.pretrain import PretrainModule
-
     from xlmtrain.objectives.streams import StreamSpec
 
     config = XLMConfig(vocab_size=40, emb_dim=8, n_layers=1, n_heads=2, n_langs=2, use_lang_emb=False)
     return PretrainModule(config, [StreamSpec(objective, "io-vo")], optimizer=torch.optim.SGD, alignment=alignment)
 
 
-def _toy_pairs(n: int = 4) -> "PairBatch":  # noqa: F821
+def _toy_pairs(n: int = 4) -> PairBatch:  # noqa: F821
     g = torch.Generator().manual_seed(1)
     x1, x2 = torch.randint(6, 40, (n, 5), generator=g), torch.randint(6, 40, (n, 6), generator=g)
     x1[:, 0] = x2[:, 0] = 1

@@ -88,7 +88,7 @@ def original_fwd(w: dict, p: dict, x: torch.Tensor, lengths: torch.Tensor, langs
         def lin(name: str, t: torch.Tensor, i: int = i) -> torch.Tensor:
             return F.linear(t, w[f"attentions.{i}.{name}.weight"], w[f"attentions.{i}.{name}.bias"])
 
-        def shape(t: torch.Tensor) -> torch.Tensor:
+        def shape(t: torch.Tensor, dim_per_head: int = dim_per_head) -> torch.Tensor:
             return t.view(bs, -1, n_heads, dim_per_head).transpose(1, 2)
 
         q, k, v = shape(lin("q_lin", tensor)), shape(lin("k_lin", tensor)), shape(lin("v_lin", tensor))
@@ -115,7 +115,7 @@ def original_params(**changes: object) -> dict:
     params = {
         "n_words": 40, "emb_dim": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.1, "attention_dropout": 0.1,
         "gelu_activation": True, "sinusoidal_embeddings": False, "share_inout_emb": True, "asm": False,
-        "n_langs": 3, "use_lang_emb": True, "lang2id": {l: i for i, l in enumerate(langs)},
+        "n_langs": 3, "use_lang_emb": True, "lang2id": {lang: i for i, lang in enumerate(langs)},
         "id2lang": dict(enumerate(langs)), "bos_index": 0, "eos_index": 1, "pad_index": 2, "unk_index": 3,
         "mask_index": 5, "encoder_only": True, "use_memory": False,
     }  # fmt: skip

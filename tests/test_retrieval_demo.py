@@ -34,8 +34,7 @@ def _p_at_1(run_dir: Path, cache_dir: Path) -> tuple[float, float]:
     sides = []
     for lang, corpus in zip(("io", "vo"), data.parallel("valid", "io", "vo")):
         lines = [wrap_sentence(corpus[i].tolist(), data.dictionary.eos_index, 512).ids for i in range(conf.n_sentences)]
-        sides.append(embed_ids(model, lines, lang_id=data.lang2id[lang], pooling=conf.pooling, layer=conf.layer,
-                               pad_index=data.dictionary.pad_index))  # fmt: skip
+        sides.append(embed_ids(model, lines, lang_id=data.lang2id[lang], pooling=conf.pooling, layer=conf.layer))
     return retrieval_p_at_1(sides[0], sides[1], scoring=conf.scoring, center=conf.center)
 
 

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
 from xlmtrain.__main__ import run as run_job
+from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
 from xlmtrain.data.streams import ParallelBatches
 from xlmtrain.model.config import XLMConfig
@@ -55,7 +56,8 @@ def _unmasked_rows(batches: ValidBatches) -> list[list[int]]:
 
 
 def _valid(data: _Data, lang: str, *, bptt: int, rows: int, split: str = "valid", **batching) -> ValidBatches:
-    return ValidBatches([StreamSpec("mlm", lang)], data, n_words=64, split=split,
+    return ValidBatches([StreamSpec("mlm", lang)], data, n_words=64, split=split, mask_index=Dictionary.mask_index,
+                        pad_index=Dictionary.pad_index,
                         batching=BatchSettings(bptt=bptt, valid_batch_size=rows, **batching), masking=MaskingSettings())  # fmt: skip
 
 

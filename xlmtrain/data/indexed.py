@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from xlmtrain.data.dictionary import Dictionary
+
 FORMAT = "xlmtrain-indexed"
 VERSION = 1
 PARTS_VERSION = 2
-EOS_INDEX = 1
 
 
 class IndexedCorpusWriter:
@@ -49,7 +50,7 @@ class IndexedCorpusWriter:
 
     def add(self, ids: list[int]) -> None:
         """Append one sentence (without `</s>`)."""
-        self.add_chunk(np.asarray([*ids, EOS_INDEX]), np.asarray([len(ids)]))
+        self.add_chunk(np.asarray([*ids, Dictionary.eos_index]), np.asarray([len(ids)]))
 
     def close(self) -> None:
         self._tokens.close()

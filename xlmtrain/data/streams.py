@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.indexed import IndexedCorpus
-
-EOS_INDEX = 1
-PAD_INDEX = 2
 
 
 class _ResumableBatches:
@@ -99,7 +97,7 @@ class StreamBatches(_ResumableBatches):
 
     def _buffer(self, start: int, stop: int) -> np.ndarray:
         """Buffer positions [start, stop): `</s>` padding first, then the corpus tokens."""
-        out = np.full(stop - start, EOS_INDEX, dtype=np.int64)
+        out = np.full(stop - start, Dictionary.eos_index, dtype=np.int64)
         lo = max(start, self._pad)
         if lo < stop:
             out[lo - start :] = self.corpus.tokens[lo - self._pad : stop - self._pad]
@@ -111,7 +109,7 @@ class StreamBatches(_ResumableBatches):
         for col in range(self.batch_size):
             base = col * self._column - 1  # data row r of this column is buffer[base + r]; row 0 is </s>
             if first_row == 0:
-                rows.append(np.concatenate([[EOS_INDEX], self._buffer(base + 1, base + self.bptt)]))
+                rows.append(np.concatenate([[Dictionary.eos_index], self._buffer(base + 1, base + self.bptt)]))
             else:
                 rows.append(self._buffer(base + first_row, base + first_row + self.bptt))
         x = torch.from_numpy(np.stack(rows))  # (bs, bptt)
@@ -135,11 +133,11 @@ def _collate(corpus: IndexedCorpus, indices: np.ndarray) -> tuple[torch.Tensor, 
     """`x (bs, L)` rows `</s> w1..wn </s> <pad>...` and `lengths = n + 2`."""
     sents = [corpus[int(i)] for i in indices]
     lengths = torch.tensor([len(s) + 2 for s in sents], dtype=torch.long)
-    x = torch.full((len(sents), int(lengths.max())), PAD_INDEX, dtype=torch.long)
-    x[:, 0] = EOS_INDEX
+    x = torch.full((len(sents), int(lengths.max())), Dictionary.pad_index, dtype=torch.long)
+    x[:, 0] = Dictionary.eos_index
     for row, s in enumerate(sents):
         x[row, 1 : len(s) + 1] = torch.from_numpy(s.astype(np.int64))
-        x[row, len(s) + 1] = EOS_INDEX
+        x[row, len(s) + 1] = Dictionary.eos_index
     return x, lengths
 
 

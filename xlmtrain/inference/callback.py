@@ -4,8 +4,8 @@ Enabled with `python -m xlmtrain ... callbacks=retrieval` (`conf/callbacks/retri
 validation epoch it embeds the first `n_sentences` aligned sentences of every parallel pair of the
 data's `split` (already tokenised and binarised, so no text round-trip) with the model being trained,
 and logs `valid_<l1>-<l2>_retrieval_p@1` (l1 -> l2) and `valid_<l2>-<l1>_retrieval_p@1` (l2 -> l1), in
-percent, next to the other validation metrics. The data is the pretraining module's validation source
-(`pl_module.valid_batches.data`, a `PreprocessedData`).
+percent, next to the other validation metrics. The data is given to it explicitly: the pretraining job
+calls `use_data(data)` with the run's `PreprocessedData` before training.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 
+from xlmtrain.data.preprocessed import PreprocessedData
 from xlmtrain.inference.embeddings import POOLINGS, Pooling, check_pooling, embed_ids
 from xlmtrain.inference.loading import wrap_sentence
 from xlmtrain.inference.retrieval import SCORINGS, Scoring, retrieval_p_at_1
@@ -57,15 +58,19 @@ class RetrievalCallback(pl.Callback):
         self.pairs = [str(p) for p in pairs] if pairs else None
         self.n_sentences, self.split = n_sentences, split
         self.scoring, self.pooling, self.layer, self.center, self.batch_size = scoring, pooling, layer, center, batch_size
+        self.data: PreprocessedData | None = None
+
+    def use_data(self, data: PreprocessedData) -> None:
+        """The preprocessed data whose parallel `split` is embedded (the run's own data)."""
+        self.data = data
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Embed each pair's slice with `pl_module.model` and log P@1 in both directions."""
         if trainer.sanity_checking:
             return
-        source = getattr(pl_module, "valid_batches", None)
-        if source is None:
-            raise RuntimeError("callbacks=retrieval needs a pretraining module with validation data (valid_batches)")
-        data = source.data
+        data = self.data
+        if data is None:
+            raise RuntimeError("callbacks=retrieval: no data given (the pretraining job calls use_data(data))")
         model = pl_module.model
         config = model.config
         check_pooling(self.pooling, self.layer, config.n_layers)
@@ -78,7 +83,7 @@ class RetrievalCallback(pl.Callback):
                 sides.append(
                     embed_ids(
                         model, lines, lang_id=data.lang2id[lang], pooling=self.pooling, layer=self.layer,
-                        batch_size=self.batch_size, pad_index=data.dictionary.pad_index,
+                        batch_size=self.batch_size,
                     )
                 )
             p12, p21 = retrieval_p_at_1(sides[0], sides[1], scoring=self.scoring, center=self.center)

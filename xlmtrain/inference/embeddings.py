@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
@@ -72,12 +73,12 @@ def embed_ids(
     pooling: Pooling = "first",
     layer: int = -1,
     batch_size: int = 64,
-    pad_index: int = 2,
 ) -> Tensor:
     """Embeddings (n, dim) float32 of already wrapped id lists (`</s> .. </s>`), in input order.
 
-    `lang_id` is fed as `langs` (None: no language ids). Inputs go to the model's device; the result is on the
-    CPU. Raises ValueError on a bad pooling or layer.
+    `lang_id` is fed as `langs` (None: no language ids; a model without language embeddings ignores them);
+    padding is the model's `config.pad_index`. Inputs go to the model's device; the result is on the CPU.
+    Raises ValueError on a bad pooling or layer.
     """
     config = model.config
     device = model_device(model)
@@ -86,8 +87,7 @@ def embed_ids(
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        lang = lang_id if config.has_lang_embeddings else None
-        inputs = pad_batch([list(lines[i]) for i in rows], pad_index, lang, device)
+        inputs = pad_batch([list(lines[i]) for i in rows], config.pad_index, lang_id, device)
         encoded = model.transformer.encode(**inputs, output_hidden_states=layer != -1)
         hidden = encoded.last_hidden_state if layer == -1 else encoded.hidden_states[layer]  # (bs, slen, dim)
         out[torch.as_tensor(rows)] = pool_hidden(hidden, inputs["lengths"], pooling).float().cpu()
@@ -113,7 +113,7 @@ def embed_sentences(
     stats.add(encoded)
     vectors = embed_ids(
         model.model, [e.ids for e in encoded], lang_id=lang_id, pooling=pooling, layer=layer,
-        batch_size=batch_size, pad_index=model.dictionary.pad_index,
+        batch_size=batch_size,
     )
     return vectors.numpy(), stats
 
@@ -153,7 +153,7 @@ def embed_file(
             encoded = [model.encode(line, lang) for line in chunk]
             vectors = embed_ids(
                 model.model, [e.ids for e in encoded], lang_id=lang_id, pooling=pooling, layer=layer,
-                batch_size=batch_size, pad_index=model.dictionary.pad_index,
+                batch_size=batch_size,
             )
             out[stats.lines : stats.lines + len(chunk)] = vectors.numpy()
             stats.add(encoded)

@@ -28,6 +28,7 @@ import lightning.pytorch as pl
 from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
+from xlmtrain.inference.callback import RetrievalCallback
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.objectives.alignment import AlignmentSettings
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
@@ -178,6 +179,9 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
         valid_batches=valid,
         alignment=settings.objective.alignment,
     )
+    for callback in settings.callbacks:
+        if isinstance(callback, RetrievalCallback):
+            callback.use_data(data)  # the held-out bitext it embeds is this run's data
     if settings.compile:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
     trainer = settings.trainer(

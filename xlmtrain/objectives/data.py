@@ -212,14 +212,14 @@ class PretrainBatches:
         data: CorpusSource,
         *,
         n_words: int,
+        mask_index: int,
+        pad_index: int,
         counts: Sequence[int],
         batching: BatchSettings,
         masking: MaskingSettings,
         lg_sampling_factor: float = -1.0,
         mixture: str = "xlm",
         seed: int = 0,
-        mask_index: int = 5,
-        pad_index: int = 2,
         skip_batches: Collection[int] = (),
     ) -> None:
         """
@@ -376,11 +376,11 @@ class ValidBatches:
         data: CorpusSource,
         *,
         n_words: int,
+        mask_index: int,
+        pad_index: int,
         batching: BatchSettings,
         masking: MaskingSettings,
         split: str = "valid",
-        mask_index: int = 5,
-        pad_index: int = 2,
     ) -> None:
         """Validation of `specs` on `split` (`valid` or `test`); see `PretrainBatches` for the arguments."""
         self.specs, self.data, self.split = list(specs), data, split
