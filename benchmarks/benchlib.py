@@ -38,7 +38,12 @@ SHAPES: dict[str, Shape] = {
 
 
 def matmul_peak_gflops(
-    m: int = 1024, k: int = 4096, n: int = 1024, repeats: int = 10, *, device: torch.device | str = "cpu",
+    m: int = 1024,
+    k: int = 4096,
+    n: int = 1024,
+    repeats: int = 10,
+    *,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> float:
     """`torch.mm` GFLOP/s of an (m, k) x (k, n) product in `dtype` on `device` (median of repeats): on the CPU at

@@ -43,12 +43,20 @@ BATCH_SIZES = (1, 8)
 def build_model_dir(root: Path, shape_name: str) -> Path:
     """A preprocessed synthetic corpus and a random model of `shape_name` exported with its tokenizer."""
     raw = write_corpus(root / "raw", langs=("io", "vo"), n_mono=2000, n_para=200, seed=0)
-    prep = ensure_preprocessed(raw, root / "prep", bpe_merges=500, valid_lines=50, test_lines=50, workers=1, progress=False)
+    prep = ensure_preprocessed(
+        raw, root / "prep", bpe_merges=500, valid_lines=50, test_lines=50, workers=1, progress=False
+    )
     data = PreprocessedData(prep)
     shape = SHAPES[shape_name]
     config = XLMConfig(
-        vocab_size=len(data.dictionary), emb_dim=shape.dim, n_layers=shape.layers, n_heads=shape.heads,
-        n_langs=2, use_lang_emb=False, lang2id=data.lang2id, id2lang={i: lang for lang, i in data.lang2id.items()},
+        vocab_size=len(data.dictionary),
+        emb_dim=shape.dim,
+        n_layers=shape.layers,
+        n_heads=shape.heads,
+        n_langs=2,
+        use_lang_emb=False,
+        lang2id=data.lang2id,
+        id2lang={i: lang for lang, i in data.lang2id.items()},
     )
     torch.manual_seed(0)
     save_model(XLMWithLMHead(config), root / "model", format="hf")
@@ -104,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
         ours = load_inference_model(model_dir, need_lm_head=True)
         hf_model = XLMWithLMHeadModel.from_pretrained(model_dir).eval()
         check_same_top5(ours, hf_model, texts)
-        hf = pipeline("fill-mask", model=hf_model, tokenizer=XLMTokenizer.from_pretrained(model_dir), top_k=5, device="cpu")
+        hf = pipeline(
+            "fill-mask", model=hf_model, tokenizer=XLMTokenizer.from_pretrained(model_dir), top_k=5, device="cpu"
+        )
         sides: dict[tuple[str, int], Callable[[], object]] = {}
         for bs in BATCH_SIZES:
             sides["xlmtrain", bs] = lambda bs=bs: fill_masks(ours, texts, "io", top_k=5, batch_size=bs)
@@ -117,8 +127,10 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
                 times[key].append(per_sentence_ms(fn, n))
     median = {key: statistics.median(values) for key, values in times.items()}
     print(machine_line(args.threads))
-    print(f"fill-mask, {n} sentences, top-5, ms/sentence: median (min-max) of {repeats}; process peak RSS "
-          f"{peak_rss_mb():.0f} MB (both models resident)")
+    print(
+        f"fill-mask, {n} sentences, top-5, ms/sentence: median (min-max) of {repeats}; process peak RSS "
+        f"{peak_rss_mb():.0f} MB (both models resident)"
+    )
     rows, speedups = [], {}
     for bs in BATCH_SIZES:
         speedups[bs] = median["transformers", bs] / median["xlmtrain", bs]

@@ -284,8 +284,10 @@ def main() -> None:
     sizes = sorted({min(a.mb, BASELINE_MAX_MB), a.mb})
     results = [run_size(a.workdir, mb, a.merges) for mb in sizes]
     print(json.dumps(results, indent=1))
-    print(f"\ncores {os.cpu_count()}, bpe_merges {a.merges}, load average (1 min) before/after each size: "
-          + ", ".join(f"{r['load_avg_1min'][0]:.1f}/{r['load_avg_1min'][1]:.1f}" for r in results))
+    print(
+        f"\ncores {os.cpu_count()}, bpe_merges {a.merges}, load average (1 min) before/after each size: "
+        + ", ".join(f"{r['load_avg_1min'][0]:.1f}/{r['load_avg_1min'][1]:.1f}" for r in results)
+    )
     print(_table(results))
     print("\n".join(_targets(results)))
 

@@ -64,9 +64,7 @@ class Pair:
 
 def model_config(shape: Shape) -> XLMConfig:
     """XLM config of a benchmark shape: two languages (TLM needs them), dropout 0.1 as XLM's defaults."""
-    return XLMConfig(
-        vocab_size=shape.vocab, emb_dim=shape.dim, n_layers=shape.layers, n_heads=shape.heads, n_langs=2
-    )
+    return XLMConfig(vocab_size=shape.vocab, emb_dim=shape.dim, n_layers=shape.layers, n_heads=shape.heads, n_langs=2)
 
 
 def _hf_inputs(batch: LMBatch) -> dict[str, torch.Tensor]:
@@ -252,9 +250,19 @@ def main(argv: list[str] | None = None) -> None:
                 ours = name != "transformers"  # logits and the last block only at the predicted positions
                 flops = train_step_flops(shape, tokens, slen, n_pred if ours else tokens, n_pred if ours else None)
                 rows.append(
-                    [shape.name, objective, name, f"{med:.0f}", f"{lo:.0f}", f"{hi:.0f}", f"{st.median_s:.3f}",
-                     f"{st.peak_rss_mb:.0f}", f"{flops / 1e9:.1f}", flops / st.median_s / 1e9,
-                     f"{ratios[name]:.2f}x" if ours else ""]
+                    [
+                        shape.name,
+                        objective,
+                        name,
+                        f"{med:.0f}",
+                        f"{lo:.0f}",
+                        f"{hi:.0f}",
+                        f"{st.median_s:.3f}",
+                        f"{st.peak_rss_mb:.0f}",
+                        f"{flops / 1e9:.1f}",
+                        flops / st.median_s / 1e9,
+                        f"{ratios[name]:.2f}x" if ours else "",
+                    ]
                 )
         del xlm_models, hf_model, xlm_opts, hf_opt
     peak = statistics.median(peaks)
@@ -263,13 +271,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine_description(args.threads)}")
     what = f"{'bf16' if peak_dtype == torch.bfloat16 else 'fp32'} matmul peak on {device.type}"
     size = "8192^3" if device.type == "cuda" else "1024x4096x1024"
-    print(f"{what} ({size} torch.mm): median {peak:.1f} GFLOP/s over {len(peaks)} measurements "
-          f"({min(peaks):.1f}-{max(peaks):.1f}); batch {bs} x {slen}, warmup {args.warmup}, {args.repeats} timed steps"
-          f"{', xlmtrain compiled' if args.compile else ''}"
-          f"{', bf16 autocast' + (' (MFU still vs fp32 peak)' if peak_dtype == torch.float32 else '') if args.bf16 else ''}"
-          f"{', unfused AdamW' if args.unfused_adam else ''}")
-    header = ["shape", "obj", "framework", "tok/s med", "min", "max", "s/step", "peak RSS MB", "GFLOP/step", "MFU",
-              "speedup"]
+    print(
+        f"{what} ({size} torch.mm): median {peak:.1f} GFLOP/s over {len(peaks)} measurements "
+        f"({min(peaks):.1f}-{max(peaks):.1f}); batch {bs} x {slen}, warmup {args.warmup}, {args.repeats} timed steps"
+        f"{', xlmtrain compiled' if args.compile else ''}"
+        f"{', bf16 autocast' + (' (MFU still vs fp32 peak)' if peak_dtype == torch.float32 else '') if args.bf16 else ''}"
+        f"{', unfused AdamW' if args.unfused_adam else ''}"
+    )
+    header = [
+        "shape",
+        "obj",
+        "framework",
+        "tok/s med",
+        "min",
+        "max",
+        "s/step",
+        "peak RSS MB",
+        "GFLOP/step",
+        "MFU",
+        "speedup",
+    ]
     print(format_table(header, rows))
     last_shape = args.shapes.split(",")[-1]
     if (last_shape, "mlm") in speedups:

@@ -18,7 +18,11 @@ SYSTEM_FIXTURES = {"local_slurm"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    unmarked = [i.nodeid for i in items if SYSTEM_FIXTURES & set(getattr(i, "fixturenames", ())) and not i.get_closest_marker("slow")]
+    unmarked = [
+        i.nodeid
+        for i in items
+        if SYSTEM_FIXTURES & set(getattr(i, "fixturenames", ())) and not i.get_closest_marker("slow")
+    ]
     if unmarked:
         raise pytest.UsageError(f"tests needing root/apt must be marked slow: {unmarked}")
 
@@ -38,7 +42,9 @@ def synthetic_prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic")
     raw = write_corpus(root / "raw", langs=("io", "vo"), n_mono=1500, n_para=1500, seed=0)
-    return ensure_preprocessed(raw, root / "cache", bpe_merges=300, valid_lines=100, test_lines=100, workers=1, progress=False)
+    return ensure_preprocessed(
+        raw, root / "cache", bpe_merges=300, valid_lines=100, test_lines=100, workers=1, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +65,13 @@ def _default_run(recipe: str, cache_dir: Path, run_dir: Path) -> Path:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "xlmtrain",
-            overrides=[f"+recipe={recipe}", f"paths.cache_dir={cache_dir}", f"run_dir={run_dir}",
-                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"],
+            overrides=[
+                f"+recipe={recipe}",
+                f"paths.cache_dir={cache_dir}",
+                f"run_dir={run_dir}",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+            ],
         )
     GlobalHydra.instance().clear()
     run_job(cfg)

@@ -18,7 +18,9 @@ class PoisonAtBatch(Callback):
     def __init__(self, batch: int, value: float = float("nan")) -> None:
         self.batch, self.value = batch, value
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if batch.index == self.batch:
             with torch.no_grad():
                 pl_module.model.transformer.layer_norm_emb.weight.fill_(self.value)

@@ -27,7 +27,9 @@ class LocalSlurm:
 
     env: dict[str, str]
 
-    def run(self, *cmd: str, check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *cmd: str, check: bool = True, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster and return its completed process."""
         env = {**self.env, **(extra_env or {})}
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check, timeout=120)

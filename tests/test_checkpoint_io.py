@@ -43,10 +43,16 @@ def lightning_ckpts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt_dir = tmp_path_factory.mktemp("ckpts")
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(
-        max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-        plugins=[AtomicCheckpointIO()], default_root_dir=ckpt_dir,
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=2,
-                                                save_top_k=-1)],
+        max_steps=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=ckpt_dir,
+        callbacks=[
+            pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=2, save_top_k=-1)
+        ],
     )
     cfg = {"model": {"emb_dim": 32, "langs": ["en", "fr"]}, "lr": 0.01, "path": None}
     trainer.fit(Tiny(cfg), DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4))
@@ -67,7 +73,11 @@ def test_checkpoints_load_weights_only_with_nested_hparams(lightning_ckpts: Path
     ckpt = AtomicCheckpointIO().load_checkpoint(lightning_ckpts / "stepstep=6.ckpt")
     assert ckpt["global_step"] == 6
     assert ckpt["hyper_parameters"]["cfg"]["model"]["langs"] == ["en", "fr"]
-    assert sorted(p.name for p in lightning_ckpts.iterdir()) == ["stepstep=2.ckpt", "stepstep=4.ckpt", "stepstep=6.ckpt"]
+    assert sorted(p.name for p in lightning_ckpts.iterdir()) == [
+        "stepstep=2.ckpt",
+        "stepstep=4.ckpt",
+        "stepstep=6.ckpt",
+    ]
     assert oct((lightning_ckpts / "stepstep=6.ckpt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
@@ -78,7 +88,9 @@ def _umask() -> int:
 
 
 def test_load_refuses_unlisted_classes_and_weights_only_false(tmp_path: Path) -> None:
-    AtomicCheckpointIO().save_checkpoint({"global_step": 1, "state_dict": {}, "x": fractions.Fraction(1, 3)}, tmp_path / "a.ckpt")
+    AtomicCheckpointIO().save_checkpoint(
+        {"global_step": 1, "state_dict": {}, "x": fractions.Fraction(1, 3)}, tmp_path / "a.ckpt"
+    )
     with pytest.raises(pickle.UnpicklingError, match="fractions.Fraction"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "a.ckpt")
     with pytest.raises(ValueError, match="weights_only=False"):
@@ -104,7 +116,10 @@ def test_truncated_and_bitflipped_checkpoints_are_reported_and_skipped(
     archive = zipfile.ZipFile(by_step[4])
     member = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
     header = by_step[4].read_bytes()
-    name_len, extra_len = int.from_bytes(header[member.header_offset + 26 : member.header_offset + 28], "little"), int.from_bytes(header[member.header_offset + 28 : member.header_offset + 30], "little")
+    name_len, extra_len = (
+        int.from_bytes(header[member.header_offset + 26 : member.header_offset + 28], "little"),
+        int.from_bytes(header[member.header_offset + 28 : member.header_offset + 30], "little"),
+    )
     flipped = bytearray(header)
     flipped[member.header_offset + 30 + name_len + extra_len] ^= 0xFF  # one byte of a tensor's data
     by_step[4].write_bytes(bytes(flipped))

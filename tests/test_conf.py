@@ -66,8 +66,9 @@ def test_every_group_option_composes(group: str, option: str) -> None:
     expected = OmegaConf.to_container(own, resolve=False)
     if isinstance(expected, dict):
         flat_composed, flat_expected = _leaves(composed), _leaves(expected)
-        assert flat_expected and flat_expected.items() <= flat_composed.items(), (
-            {k: (v, flat_composed.get(k)) for k, v in flat_expected.items() if flat_composed.get(k) != v})
+        assert flat_expected and flat_expected.items() <= flat_composed.items(), {
+            k: (v, flat_composed.get(k)) for k, v in flat_expected.items() if flat_composed.get(k) != v
+        }
     else:
         assert composed == expected
     OmegaConf.resolve(cfg)

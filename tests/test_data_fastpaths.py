@@ -39,7 +39,7 @@ def _texts(seed: int, n: int) -> list[str]:
     for _ in range(n):
         words = [rng.choice(PIECES) for _ in range(rng.randint(1, 14))]
         sep = rng.choice([" ", " ", " ", "  ", "\t", "\u00a0"])
-        out.append(sep.join(words) + rng.choice(["", ".", " .", "!", "'", ".'", "\"", "  "]))
+        out.append(sep.join(words) + rng.choice(["", ".", " .", "!", "'", ".'", '"', "  "]))
     return out
 
 

@@ -107,7 +107,9 @@ def test_alignment_streams_with_gathered_negatives_match_one_process(synthetic_p
         timeout=900)  # fmt: skip
     a, b = train_rows(one), train_rows(two)
     assert {k for r in a for k in r if k.endswith(("trans_rank_loss", "xlco_loss"))} == {
-        "train_io-vo_trans_rank_loss", "train_io-vo_xlco_loss"}
+        "train_io-vo_trans_rank_loss",
+        "train_io-vo_xlco_loss",
+    }
     torch.testing.assert_close(torch.tensor([r["train_loss"] for r in b]), torch.tensor([r["train_loss"] for r in a]),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
     va, vb = valid_rows(one), valid_rows(two)

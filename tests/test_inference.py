@@ -41,8 +41,15 @@ def _save_tiny(prep: Path, out: Path, *, use_lang_emb: bool, special_bias: float
     data = PreprocessedData(prep)
     torch.manual_seed(0)
     config = XLMConfig(
-        vocab_size=len(data.dictionary), emb_dim=32, n_layers=2, n_heads=4, n_langs=2, use_lang_emb=use_lang_emb,
-        lang2id=data.lang2id, id2lang={i: lang for lang, i in data.lang2id.items()}, max_position_embeddings=MAX_POS,
+        vocab_size=len(data.dictionary),
+        emb_dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_langs=2,
+        use_lang_emb=use_lang_emb,
+        lang2id=data.lang2id,
+        id2lang={i: lang for lang, i in data.lang2id.items()},
+        max_position_embeddings=MAX_POS,
     )
     model = XLMWithLMHead(config)
     if special_bias is not None:
@@ -197,8 +204,21 @@ def test_fill_mask_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
 def test_fill_mask_module_entry_point(model_dir: Path) -> None:
     """`python -m xlmtrain.fill_mask` prints the model's own top prediction with its probability."""
     proc = subprocess.run(
-        [sys.executable, "-m", "xlmtrain.fill_mask", str(model_dir), "tage <mask> dega .", "--lang", "io", "--top-k", "1"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "xlmtrain.fill_mask",
+            str(model_dir),
+            "tage <mask> dega .",
+            "--lang",
+            "io",
+            "--top-k",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     m = load_inference_model(model_dir)
@@ -220,7 +240,9 @@ def test_embeddings_match_unbatched_forward(model_dir: Path, pooling: str, layer
     for row, line in enumerate(lines):  # each alone, unpadded: padding and sorting must not change a row
         x = torch.tensor([[1, *m.tokenizer.encode(line, "io"), 1]])
         with torch.no_grad():
-            hidden = m.model.transformer.encode(x, langs=torch.full_like(x, m.languages["io"]), output_hidden_states=True)
+            hidden = m.model.transformer.encode(
+                x, langs=torch.full_like(x, m.languages["io"]), output_hidden_states=True
+            )
         h = hidden.hidden_states[layer][0]  # (slen, dim)
         expected = h[0] if pooling == "first" else h.mean(0)
         np.testing.assert_allclose(vectors[row], expected.numpy(), rtol=1e-4, atol=1e-5)
@@ -245,7 +267,18 @@ def test_embed_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     src = tmp_path / "in.txt"
     src.write_text("tage daguar dega .\nlodas .\n", encoding="utf-8")
     out = tmp_path / "e.npy"
-    args = [str(model_dir), "--input", str(src), "--lang", "io", "--output", str(out), "--pooling", "mean", "--no-progress"]
+    args = [
+        str(model_dir),
+        "--input",
+        str(src),
+        "--lang",
+        "io",
+        "--output",
+        str(out),
+        "--pooling",
+        "mean",
+        "--no-progress",
+    ]
     assert embed_cli.main(args) == 0
     assert "wrote 2 x 32 embeddings" in capsys.readouterr().out
     args.append("--overwrite")  # the output exists now (tests/test_cli_outputs.py: refused without it)
@@ -258,12 +291,17 @@ def test_embed_cli(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         for row, line in enumerate(["tage daguar dega .", "lodas ."]):
             x = torch.tensor([[1, *m.tokenizer.encode(line, "io"), 1]])
             with torch.no_grad():
-                hidden = m.model.transformer.encode(x, langs=torch.full_like(x, m.languages["io"]), output_hidden_states=True)
+                hidden = m.model.transformer.encode(
+                    x, langs=torch.full_like(x, m.languages["io"]), output_hidden_states=True
+                )
             expected = hidden.hidden_states[-1 if layer is None else layer][0].mean(0)
             np.testing.assert_allclose(np.load(out)[row], expected.numpy(), rtol=1e-4, atol=1e-5)
     capsys.readouterr()
     assert embed_cli.main([*args, "--layer", "7"]) == 2
-    assert capsys.readouterr().err.strip() == "error: layer 7 out of range for a 2-layer model (0 = embeddings, -1 = last block)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: layer 7 out of range for a 2-layer model (0 = embeddings, -1 = last block)"
+    )
     src.write_bytes(b"ok\n\xff\xfe\n")
     assert embed_cli.main(args) == 2
     assert f"{src}:2: not valid UTF-8" in capsys.readouterr().err
@@ -325,8 +363,22 @@ def test_evaluate_retrieval_and_cli(model_dir: Path, bitext: tuple[Path, Path], 
     assert result.sentences == 20 and result.chance == 5.0
 
     out = tmp_path / "r.json"
-    argv = [str(model_dir), "--src", str(src), "--tgt", str(tgt), "--src-lang", "io", "--tgt-lang", "vo", "--scoring", "margin",
-            "--pooling", "first", "--no-center"]
+    argv = [
+        str(model_dir),
+        "--src",
+        str(src),
+        "--tgt",
+        str(tgt),
+        "--src-lang",
+        "io",
+        "--tgt-lang",
+        "vo",
+        "--scoring",
+        "margin",
+        "--pooling",
+        "first",
+        "--no-center",
+    ]
     assert retrieval_cli.main([*argv, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "io -> vo" in printed and "vo -> io" in printed and "chance" in printed

@@ -124,19 +124,38 @@ def original_checkpoint(**param_changes) -> tuple[dict, transformers.XLMWithLMHe
     for key, value in hf.state_dict().items():
         model["module." + key.removeprefix("transformer.")] = value.clone()
     params = {
-        "n_words": 40, "emb_dim": 32, "n_layers": 2, "n_heads": 4,
-        "dropout": np.float64(0.1), "attention_dropout": torch.tensor(0.1),
-        "gelu_activation": True, "sinusoidal_embeddings": False, "n_langs": 3, "use_lang_emb": True,
-        "lang2id": LANGS, "id2lang": {i: lang for lang, i in LANGS.items()}, "bos_index": 0, "eos_index": 1,
-        "pad_index": 2, "unk_index": 3, "mask_index": 5, "asm": False, "use_memory": False,
-        "mask_scores": np.ones(40, dtype=np.float64), "pred_probs": torch.FloatTensor([0.8, 0.1, 0.1]),
-        "word_mask": np.float64(0.8), "mlm_steps": [("en", None), ("en", "fr")], "command": "python train.py",
+        "n_words": 40,
+        "emb_dim": 32,
+        "n_layers": 2,
+        "n_heads": 4,
+        "dropout": np.float64(0.1),
+        "attention_dropout": torch.tensor(0.1),
+        "gelu_activation": True,
+        "sinusoidal_embeddings": False,
+        "n_langs": 3,
+        "use_lang_emb": True,
+        "lang2id": LANGS,
+        "id2lang": {i: lang for lang, i in LANGS.items()},
+        "bos_index": 0,
+        "eos_index": 1,
+        "pad_index": 2,
+        "unk_index": 3,
+        "mask_index": 5,
+        "asm": False,
+        "use_memory": False,
+        "mask_scores": np.ones(40, dtype=np.float64),
+        "pred_probs": torch.FloatTensor([0.8, 0.1, 0.1]),
+        "word_mask": np.float64(0.8),
+        "mlm_steps": [("en", None), ("en", "fr")],
+        "command": "python train.py",
         "mono_dataset": {("en", "train"): "train.en.pth"},
     }
     params.update(param_changes)
     checkpoint = {
-        "model": model, "params": params,
-        "dico_id2word": dict(enumerate(WORDS)), "dico_word2id": {w: i for i, w in enumerate(WORDS)},
+        "model": model,
+        "params": params,
+        "dico_id2word": dict(enumerate(WORDS)),
+        "dico_word2id": {w: i for i, w in enumerate(WORDS)},
         "dico_counts": {w: 0 if i < 14 else 100 - i for i, w in enumerate(WORDS)},
     }
     return checkpoint, hf
@@ -215,7 +234,10 @@ def _edit_config(hf_dir: Path, **changes) -> None:
     ("edit", "message"),
     [
         (lambda s: s.pop("transformer.layer_norm2.1.bias"), r"missing \['transformer.layer_norm2.1.bias'\]"),
-        (lambda s: s.update({"transformer.extra.weight": torch.zeros(1)}), r"unexpected \['transformer.extra.weight'\]"),
+        (
+            lambda s: s.update({"transformer.extra.weight": torch.zeros(1)}),
+            r"unexpected \['transformer.extra.weight'\]",
+        ),
         (
             lambda s: s.update({"transformer.ffns.0.lin1.bias": torch.zeros(3)}),
             r"transformer.ffns.0.lin1.bias: checkpoint \(3,\) vs model \(128,\)",
@@ -247,7 +269,10 @@ def test_unknown_format_and_cli_exit_code(tmp_path: Path) -> None:
         load_model(tmp_path / "junk.pth")
     result = subprocess.run(
         [sys.executable, "-m", "xlmtrain.convert", str(tmp_path / "empty"), str(tmp_path / "o"), "--to", "hf"],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 2 and "unknown checkpoint format" in result.stderr
 

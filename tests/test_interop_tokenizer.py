@@ -36,7 +36,9 @@ def test_dictionary_and_codes_make_the_tokenizer(codes: Path) -> None:
 
 def test_bad_inputs_name_the_checkpoint_and_the_option(codes: Path) -> None:
     word2id = {w: i for i, w in enumerate([*SPECIALS, "hel@@", "lo"])}
-    with pytest.raises(CheckpointError, match=r"^x.pth: an original XLM checkpoint needs its fastBPE codes \(model.codes=FILE\)$"):
+    with pytest.raises(
+        CheckpointError, match=r"^x.pth: an original XLM checkpoint needs its fastBPE codes \(model.codes=FILE\)$"
+    ):
         checkpoint_tokenizer(_original(word2id), "x.pth", vocab_size=16, codes_option="model.codes=FILE")
     gappy = {**word2id, "lo": 20}
     with pytest.raises(CheckpointError, match="ids are not 0..n-1"):

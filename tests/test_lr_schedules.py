@@ -71,7 +71,9 @@ def test_constant_after_warmup_and_no_warmup() -> None:
     assert lrs[2] == pytest.approx(5.0005e-4) and lrs[4:] == [pytest.approx(1e-3)] * 6
     assert _lrs(3, kind="constant", warmup_steps=0) == [pytest.approx(1e-3)] * 3  # no warmup: peak from step 0
     # inverse_sqrt without warmup: lr / sqrt(n), n counted from 1 (XLM would give 0: its decay factor is lr * sqrt(0)).
-    assert _lrs(5, kind="inverse_sqrt", warmup_steps=0) == pytest.approx([1e-3, 1e-3, 1e-3 / 2**0.5, 1e-3 / 3**0.5, 5e-4])
+    assert _lrs(5, kind="inverse_sqrt", warmup_steps=0) == pytest.approx(
+        [1e-3, 1e-3, 1e-3 / 2**0.5, 1e-3 / 3**0.5, 5e-4]
+    )
 
 
 def test_bad_schedule_settings() -> None:

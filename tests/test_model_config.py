@@ -17,8 +17,16 @@ def hf_json(tmp_path, **kwargs) -> dict:
 
 def test_transformers_json_round_trips_exactly(tmp_path) -> None:
     data = hf_json(
-        tmp_path, vocab_size=100, emb_dim=32, n_layers=2, n_heads=4, n_langs=2, num_labels=3,
-        lang2id={"en": 0, "fr": 1}, id2lang={0: "en", 1: "fr"}, bptt=256,
+        tmp_path,
+        vocab_size=100,
+        emb_dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_langs=2,
+        num_labels=3,
+        lang2id={"en": 0, "fr": 1},
+        id2lang={0: "en", 1: "fr"},
+        bptt=256,
     )
     config = XLMConfig.from_dict(data)
     assert config.id2lang == {0: "en", 1: "fr"} and config.num_labels == 3 and config.pad_index == 2
@@ -27,8 +35,17 @@ def test_transformers_json_round_trips_exactly(tmp_path) -> None:
 
 
 def test_xlmtrain_dict_loads_in_transformers() -> None:
-    ours = XLMConfig(vocab_size=64, emb_dim=48, n_layers=3, n_heads=6, n_langs=3, causal=True, num_labels=4,
-                     pad_index=7, lang2id={"a": 0, "b": 1, "c": 2})
+    ours = XLMConfig(
+        vocab_size=64,
+        emb_dim=48,
+        n_layers=3,
+        n_heads=6,
+        n_langs=3,
+        causal=True,
+        num_labels=4,
+        pad_index=7,
+        lang2id={"a": 0, "b": 1, "c": 2},
+    )
     theirs = transformers.XLMConfig.from_dict(ours.to_dict())
     assert (theirs.n_words, theirs.emb_dim, theirs.n_layers, theirs.n_heads) == (64, 48, 3, 6)
     assert theirs.causal and theirs.num_labels == 4 and theirs.pad_index == 7 and theirs.n_langs == 3
@@ -36,8 +53,14 @@ def test_xlmtrain_dict_loads_in_transformers() -> None:
 
 
 def test_label_names_travel_to_transformers_and_back(tmp_path) -> None:
-    ours = XLMConfig(vocab_size=64, emb_dim=32, n_layers=1, n_heads=4, num_labels=3,
-                     id2label={0: "contradiction", 1: "neutral", 2: "entailment"})
+    ours = XLMConfig(
+        vocab_size=64,
+        emb_dim=32,
+        n_layers=1,
+        n_heads=4,
+        num_labels=3,
+        id2label={0: "contradiction", 1: "neutral", 2: "entailment"},
+    )
     data = ours.to_dict()
     assert data["id2label"] == {"0": "contradiction", "1": "neutral", "2": "entailment"}
     assert data["label2id"] == {"contradiction": 0, "neutral": 1, "entailment": 2}
@@ -51,8 +74,16 @@ def test_label_names_travel_to_transformers_and_back(tmp_path) -> None:
 
 
 def test_aliases_and_conflicts() -> None:
-    config = XLMConfig.from_dict({"n_words": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                  "pad_index": 4, "pad_token_id": 4})
+    config = XLMConfig.from_dict(
+        {
+            "n_words": 50,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "pad_index": 4,
+            "pad_token_id": 4,
+        }
+    )
     assert (config.vocab_size, config.emb_dim, config.n_layers, config.n_heads, config.pad_index) == (50, 16, 1, 2, 4)
     with pytest.raises(ConfigError, match=r"cfg.json: key 'n_words'=51 conflicts"):
         XLMConfig.from_dict({"vocab_size": 50, "n_words": 51}, source="cfg.json")

@@ -230,8 +230,13 @@ def test_fresh_init_follows_transformers() -> None:
 
 
 # The selected-rows last block (`output_positions`, used by `pred_mask`) against transformers' full model.
-SELECTED_CASES = ["base_lengths", "sinusoidal_langs_mask", "causal_tlm_positions", "unpadded_token_types",
-                  "empty_row_mask"]
+SELECTED_CASES = [
+    "base_lengths",
+    "sinusoidal_langs_mask",
+    "causal_tlm_positions",
+    "unpadded_token_types",
+    "empty_row_mask",
+]
 
 
 def _pred_mask(gen: torch.Generator, inputs: dict) -> torch.Tensor:

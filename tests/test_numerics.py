@@ -28,7 +28,9 @@ from xlmtrain.training.numerics import (
 TRAINER = SimpleNamespace(precision="32-true", global_step=10)
 
 
-def _pending(guard: NumericsGuard, step: int, stream: str, loss: float, norm: float | None = 1.0, batch: int = -1) -> None:
+def _pending(
+    guard: NumericsGuard, step: int, stream: str, loss: float, norm: float | None = 1.0, batch: int = -1
+) -> None:
     guard._pending.append((step, step if batch < 0 else batch, stream, stream.split("_")[0], torch.tensor(loss),
                            None if norm is None else torch.tensor(norm)))  # fmt: skip
 

@@ -153,8 +153,10 @@ GLOBAL_ROWS, DIM = 5, 4  # 5 pairs over 2 ranks: 3 + 2, unequal shards
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(GLOBAL_ROWS, DIM, generator=g), torch.randn(GLOBAL_ROWS, DIM, generator=g), torch.randn(
-        DIM, DIM, generator=g
+    return (
+        torch.randn(GLOBAL_ROWS, DIM, generator=g),
+        torch.randn(GLOBAL_ROWS, DIM, generator=g),
+        torch.randn(DIM, DIM, generator=g),
     )
 
 
@@ -227,7 +229,9 @@ def test_trans_rank_batches_are_the_pairs_whole_and_split_over_ranks(synthetic_p
     assert pairs and all(isinstance(item.batch, PairBatch) for item in pairs)
     for item in pairs:
         b = item.batch
-        assert b.global_rows == 5 and b.src_langs.eq(data.lang2id["io"]).all() and b.tgt_langs.eq(data.lang2id["vo"]).all()
+        assert (
+            b.global_rows == 5 and b.src_langs.eq(data.lang2id["io"]).all() and b.tgt_langs.eq(data.lang2id["vo"]).all()
+        )
         for row in range(5):  # each row is `</s> sentence </s>` of an aligned pair: find the io sentence, check its vo
             src = b.src_ids[row, 1 : int(b.src_lengths[row]) - 1].tolist()
             tgt = b.tgt_ids[row, 1 : int(b.tgt_lengths[row]) - 1].tolist()
@@ -240,7 +244,11 @@ def test_trans_rank_batches_are_the_pairs_whole_and_split_over_ranks(synthetic_p
         parts = [r[k].batch for r in ranks]
         assert [p.global_rows for p in parts] == [5, 5] and [len(p.src_ids) for p in parts] == [3, 2]
         for side in ("src", "tgt"):
-            rows = [row[: int(n)].tolist() for p in parts for row, n in zip(getattr(p, f"{side}_ids"), getattr(p, f"{side}_lengths"))]
+            rows = [
+                row[: int(n)].tolist()
+                for p in parts
+                for row, n in zip(getattr(p, f"{side}_ids"), getattr(p, f"{side}_lengths"))
+            ]
             full = getattr(item.batch, f"{side}_ids")
             assert rows == [row[: int(n)].tolist() for row, n in zip(full, getattr(item.batch, f"{side}_lengths"))]
 

@@ -47,12 +47,22 @@ def test_bernoulli_rates_and_80_10_10() -> None:
 def test_random_replacements_are_uniform_over_vocab() -> None:
     ids, lengths = _batch(bs=256, slen=40)
     g = torch.Generator().manual_seed(2)
-    replaced = torch.cat([
-        (out := mask_tokens(
-            ids, lengths, n_words=N_WORDS, mask_index=MASK, generator=g, word_pred=0.5, keep_rand=(0.0, 0.0, 1.0)
-        )).input_ids[out.pred_mask]
-        for _ in range(10)
-    ])
+    replaced = torch.cat(
+        [
+            (
+                out := mask_tokens(
+                    ids,
+                    lengths,
+                    n_words=N_WORDS,
+                    mask_index=MASK,
+                    generator=g,
+                    word_pred=0.5,
+                    keep_rand=(0.0, 0.0, 1.0),
+                )
+            ).input_ids[out.pred_mask]
+            for _ in range(10)
+        ]
+    )
     hist = torch.bincount(replaced, minlength=N_WORDS).float()
     assert hist[:14].sum() > 0, "XLM draws random ids over the whole vocabulary, specials included"
     expected = len(replaced) / N_WORDS
@@ -92,8 +102,7 @@ def test_eval_masking_is_deterministic_all_mask_and_nonempty() -> None:
     lengths[:4] = 3  # one allowed position each: the word between the two </s>
     ids[:4, 3:] = PAD
     outs = [
-        mask_tokens_eval(ids, lengths, mask_index=MASK, generator=torch.Generator().manual_seed(0))
-        for _ in range(2)
+        mask_tokens_eval(ids, lengths, mask_index=MASK, generator=torch.Generator().manual_seed(0)) for _ in range(2)
     ]
     assert torch.equal(outs[0].pred_mask, outs[1].pred_mask)
     out = outs[0]

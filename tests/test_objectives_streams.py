@@ -88,7 +88,12 @@ def test_xlm_mixture_caps_each_group_at_five_steps() -> None:
 def test_xlm_mixture_smooths_inside_groups_and_directions_share_the_pair() -> None:
     # XLM's iteration: 1 MLM step + min(5, 3) = 3 TLM steps -> 1/4 : 3/4. alpha 0.5 on the pair sizes 900 (en-fr,
     # both directions) and 100 (de-en): sqrt weights 30:30:10 = 3:3:1 inside TLM's 3/4.
-    specs = [StreamSpec("mlm", "en"), StreamSpec("tlm", "en-fr"), StreamSpec("tlm", "fr-en"), StreamSpec("tlm", "de-en")]
+    specs = [
+        StreamSpec("mlm", "en"),
+        StreamSpec("tlm", "en-fr"),
+        StreamSpec("tlm", "fr-en"),
+        StreamSpec("tlm", "de-en"),
+    ]
     mix = StreamMixture(specs, {"en_mlm": 5, "en-fr_tlm": 900, "fr-en_tlm": 900, "de-en_tlm": 100}, alpha=0.5)
     assert mix.probabilities(0) == pytest.approx([0.25, 0.75 * 3 / 7, 0.75 * 3 / 7, 0.75 * 1 / 7])
 

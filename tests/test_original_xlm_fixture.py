@@ -36,7 +36,9 @@ def original_weights(p: dict, gen: torch.Generator) -> OrderedDict:
 
     w = OrderedDict()
     if p["sinusoidal_embeddings"]:  # create_sinusoidal_embeddings
-        enc = np.array([[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(N_MAX_POSITIONS)])
+        enc = np.array(
+            [[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(N_MAX_POSITIONS)]
+        )
         table = torch.zeros(N_MAX_POSITIONS, dim)
         table[:, 0::2] = torch.FloatTensor(np.sin(enc[:, 0::2]))
         table[:, 1::2] = torch.FloatTensor(np.cos(enc[:, 1::2]))
@@ -125,8 +127,9 @@ def original_params(**changes: object) -> dict:
 
 CONFIGS = {
     "learned_positions_langs_gelu": {},
-    "sinusoidal_relu_one_language": dict(sinusoidal_embeddings=True, gelu_activation=False, n_langs=1,
-                                         lang2id={"en": 0}, id2lang={0: "en"}),  # fmt: skip
+    "sinusoidal_relu_one_language": dict(
+        sinusoidal_embeddings=True, gelu_activation=False, n_langs=1, lang2id={"en": 0}, id2lang={0: "en"}
+    ),  # fmt: skip
 }
 
 

@@ -28,13 +28,27 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
     makefile = (REPO / "Makefile").read_text()
     assert "python -m xlmtrain +recipe=tlm" in makefile.split("demo:")[1].split("\n\n")[0]
     # torch's CPU wheel is installed before the project, cython before fastbpe (see Makefile comment).
-    order = [makefile.index(s) for s in ("install -q torch==2.13.0", "install -q cython", "--no-build-isolation fastbpe", "-e '.[dev")]
+    order = [
+        makefile.index(s)
+        for s in ("install -q torch==2.13.0", "install -q cython", "--no-build-isolation fastbpe", "-e '.[dev")
+    ]
     assert order == sorted(order)
 
 
 def test_installed_wheel_finds_its_config_tree(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(REPO),
+            "-w",
+            str(tmp_path),
+        ],
         check=True,
     )
     wheel = next(tmp_path.glob("xlmtrain-*.whl"))
@@ -46,11 +60,19 @@ def test_installed_wheel_finds_its_config_tree(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(
         [sys.executable, "-m", "xlmtrain", "+recipe=tlm", "--cfg", "job"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "objective:" in out
     where = subprocess.run(
         [sys.executable, "-c", "import xlmtrain.config_dir as c; print(c.conf_dir())"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert where == str(site / "xlmtrain" / "conf")

@@ -35,25 +35,38 @@ class SelfSignalling(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path: Path, module: pl.LightningModule, accumulate: int = 1, **trainer_kwargs: object) -> PreemptionCallback:
+def fit(
+    tmp_path: Path, module: pl.LightningModule, accumulate: int = 1, **trainer_kwargs: object
+) -> PreemptionCallback:
     callback = PreemptionCallback(tmp_path / "ckpt", requeue=False)
     trainer = pl.Trainer(
-        max_steps=20, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", callbacks=[callback],
-        plugins=[AtomicCheckpointIO(), *trainer_kwargs.pop("plugins", [])], **trainer_kwargs,
+        max_steps=20,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[callback],
+        plugins=[AtomicCheckpointIO(), *trainer_kwargs.pop("plugins", [])],
+        **trainer_kwargs,
     )
     trainer.fit(module, DataLoader(TensorDataset(torch.randn(256, 4)), batch_size=4))
     return callback
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
-def test_signal_saves_after_the_current_step_and_stops(tmp_path: Path, signum: signal.Signals,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_signal_saves_after_the_current_step_and_stops(
+    tmp_path: Path, signum: signal.Signals, capsys: pytest.CaptureFixture
+) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     callback = fit(tmp_path, SelfSignalling(signum, signal_at_batch=4))
     assert callback.preempted and callback.checkpoint_path == tmp_path / "ckpt" / "last.ckpt"
     assert validated_step(callback.checkpoint_path) == 5  # batch 4 is the 5th optimizer step
-    assert f"{signum.name} at step 5: saved {callback.checkpoint_path}; run the same command again" in capsys.readouterr().out
+    assert (
+        f"{signum.name} at step 5: saved {callback.checkpoint_path}; run the same command again"
+        in capsys.readouterr().out
+    )
     assert {s: signal.getsignal(s) for s in before} == before  # handlers given back
 
 
@@ -69,8 +82,15 @@ def test_no_signal_no_checkpoint(tmp_path: Path) -> None:
 
 
 def test_refuses_lightning_auto_requeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "t", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-                       "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "7"}.items():
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "t",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_JOB_ID": "7",
+    }.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ValueError, match="auto_requeue=True"):
         fit(tmp_path, SelfSignalling(signal.SIGUSR1, -1), plugins=[SLURMEnvironment(auto_requeue=True)])

@@ -129,7 +129,10 @@ def test_max_len_truncate_and_drop(raw, tmp_path):
     d = preprocess(raw, tmp_path / "d", _settings(max_len=4, long_lines="drop"))["counts"]
     for name in ("en", "en-fr"):
         assert d[name]["too_long_dropped"] > 0
-        assert sum(d[name]["sentences"].values()) + d[name]["too_long_dropped"] + d[name]["empty_dropped"] == d[name]["lines"]
+        assert (
+            sum(d[name]["sentences"].values()) + d[name]["too_long_dropped"] + d[name]["empty_dropped"]
+            == d[name]["lines"]
+        )
 
 
 def test_ensure_preprocessed_reuses_cache(raw, tmp_path):

@@ -334,8 +334,12 @@ def test_error_hints_work_as_written(tmp_path):
     from tests.conftest import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        overrides = ["data.preprocess.on_invalid_utf8=replace", "data.preprocess.valid_lines=7",
-                     "data.preprocess.test_lines=7", "data.preprocess.text_column=sentence"]
+        overrides = [
+            "data.preprocess.on_invalid_utf8=replace",
+            "data.preprocess.valid_lines=7",
+            "data.preprocess.test_lines=7",
+            "data.preprocess.text_column=sentence",
+        ]
         cfg = compose("xlmtrain", overrides=overrides)
     assert cfg.data.preprocess.on_invalid_utf8 == "replace" and cfg.data.preprocess.valid_lines == 7
     fixed = preprocess(raw, tmp_path / "o", _settings(on_invalid_utf8="replace"))

@@ -71,7 +71,11 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
     # peak 3e-3, 5 warmup steps from 1e-7 (TINY), then 3e-3 * sqrt(5 / step).
     lrs = {int(r["step"]): r["lr"] for r in rows if "lr" in r}
     assert lrs[0] == pytest.approx(1e-7) and lrs[2] == pytest.approx(1e-7 + 2 * (3e-3 - 1e-7) / 5)
-    assert lrs[5] == pytest.approx(3e-3) and lrs[20] == pytest.approx(3e-3 / 2) and lrs[39] == pytest.approx(3e-3 * (5 / 39) ** 0.5)
+    assert (
+        lrs[5] == pytest.approx(3e-3)
+        and lrs[20] == pytest.approx(3e-3 / 2)
+        and lrs[39] == pytest.approx(3e-3 * (5 / 39) ** 0.5)
+    )
 
     # Same logits from the Lightning module's model and from transformers on a TLM batch.
     module, _, data = setup(pretrain_settings(_cfg(synthetic_prep, tmp_path / "unused", "tlm")))
@@ -80,8 +84,12 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
     module.eval()
     hf = XLMWithLMHeadModel.from_pretrained(run / "model").eval()
     c1, c2 = data.parallel("valid", "io", "vo")
-    x1 = torch.nn.utils.rnn.pad_sequence([torch.tensor([1, *c1[i].tolist(), 1]) for i in range(3)], batch_first=True, padding_value=2)
-    x2 = torch.nn.utils.rnn.pad_sequence([torch.tensor([1, *c2[i].tolist(), 1]) for i in range(3)], batch_first=True, padding_value=2)
+    x1 = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor([1, *c1[i].tolist(), 1]) for i in range(3)], batch_first=True, padding_value=2
+    )
+    x2 = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor([1, *c2[i].tolist(), 1]) for i in range(3)], batch_first=True, padding_value=2
+    )
     len1 = torch.tensor([len(c1[i]) + 2 for i in range(3)])
     len2 = torch.tensor([len(c2[i]) + 2 for i in range(3)])
     pair = concat_pair(x1, len1, x2, len2, lang1_id=data.lang2id["io"], lang2_id=data.lang2id["vo"], pad_index=2)

@@ -56,8 +56,14 @@ XLM_COMMANDS = {
 XLM_DEFAULTS = {
     # train.py argparse defaults the pretraining commands inherit.
     "train.py": {
-        "tokens_per_batch": "-1", "max_len": "100", "clip_grad_norm": "5", "lambda_mlm": "1",
-        "lg_sampling_factor": "-1", "word_pred": "0.15", "sample_alpha": "0", "word_mask_keep_rand": "0.8,0.1,0.1",
+        "tokens_per_batch": "-1",
+        "max_len": "100",
+        "clip_grad_norm": "5",
+        "lambda_mlm": "1",
+        "lg_sampling_factor": "-1",
+        "word_pred": "0.15",
+        "sample_alpha": "0",
+        "word_mask_keep_rand": "0.8,0.1,0.1",
         "group_by_size": "true",
     },
     # glue-xnli.py defaults: classifier dropout 0; its XNLI loop never clips gradients.
@@ -65,7 +71,12 @@ XLM_DEFAULTS = {
     # xlm/optim.py: Adam(betas=(0.9, 0.999), eps=1e-8, weight_decay=0); adam_inverse_sqrt adds
     # warmup_updates=4000, warmup_init_lr=1e-7.
     "optimizer": {
-        "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "warmup_updates": 4000, "warmup_init_lr": 1e-7,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "warmup_updates": 4000,
+        "warmup_init_lr": 1e-7,
     },
 }
 
@@ -97,7 +108,11 @@ def test_pretraining_preset_equals_xlm_command(recipe: str) -> None:
     cfg = _compose(recipe)
     model, batching, trainer = cfg.model, cfg.data.batching, cfg.trainer
     # Model.
-    assert (model.emb_dim, model.n_layers, model.n_heads) == (int(flags["emb_dim"]), int(flags["n_layers"]), int(flags["n_heads"]))
+    assert (model.emb_dim, model.n_layers, model.n_heads) == (
+        int(flags["emb_dim"]),
+        int(flags["n_layers"]),
+        int(flags["n_heads"]),
+    )
     assert (model.dropout, model.attention_dropout) == (float(flags["dropout"]), float(flags["attention_dropout"]))
     assert model.gelu_activation is (flags["gelu_activation"] == "true")
     # Batches: ours are global, XLM's per GPU.
@@ -148,7 +163,9 @@ def test_pretraining_preset_equals_xlm_command(recipe: str) -> None:
     criterion, patience = flags["stopping_criterion"].split(",")
     stop = cfg.callbacks.early_stopping
     assert (stop.monitor, stop.mode) == (criterion[1:], "min")
-    assert stop.patience == int(patience) + 1  # XLM stops when its counter EXCEEDS N; Lightning when it REACHES patience
+    assert (
+        stop.patience == int(patience) + 1
+    )  # XLM stops when its counter EXCEEDS N; Lightning when it REACHES patience
     # Data.
     pre = cfg.data.preprocess
     assert pre.bpe_merges == xlm["bpe_codes"]

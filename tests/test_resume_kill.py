@@ -50,7 +50,11 @@ ALIGN_STEPS = 40  # shorter than the others: three streams, two of them two enco
 
 
 def _align_args(prep: Path, run_dir: Path) -> list[str]:
-    steps = [f"trainer.max_steps={ALIGN_STEPS}", f"checkpoint.every_n_train_steps={EVERY}", "trainer.val_check_interval=16"]
+    steps = [
+        f"trainer.max_steps={ALIGN_STEPS}",
+        f"checkpoint.every_n_train_steps={EVERY}",
+        "trainer.val_check_interval=16",
+    ]
     return [*tiny_overrides(prep, run_dir, "tlm_align"), *steps, *ALIGN]
 
 

@@ -55,10 +55,18 @@ def test_callback_config_keeps_default_callbacks() -> None:
 def test_callback_logs_p_at_1_of_the_trained_model(synthetic_prep: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = _cfg(
-        "+recipe=tlm", f"data.dir={synthetic_prep}", f"run_dir={run}", *TINY, "callbacks=retrieval",
-        "callbacks.retrieval.n_sentences=30", "trainer.max_steps=4", "trainer.val_check_interval=2",
+        "+recipe=tlm",
+        f"data.dir={synthetic_prep}",
+        f"run_dir={run}",
+        *TINY,
+        "callbacks=retrieval",
+        "callbacks.retrieval.n_sentences=30",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
         # _p_at_1's embedding and scoring (the callback's default is mean pooling, centred, margin)
-        "callbacks.retrieval.pooling=first", "callbacks.retrieval.scoring=cosine", "callbacks.retrieval.center=false",
+        "callbacks.retrieval.pooling=first",
+        "callbacks.retrieval.scoring=cosine",
+        "callbacks.retrieval.center=false",
     )
     run_job(cfg)
     rows = [r for r in read_metrics(run / "metrics.csv") if "valid_io-vo_retrieval_p@1" in r]
@@ -67,4 +75,3 @@ def test_callback_logs_p_at_1_of_the_trained_model(synthetic_prep: Path, tmp_pat
     # The last logged values are those of the exported (final) model, recomputed independently.
     expected = _p_at_1(run, PreprocessedData(synthetic_prep), 30)
     assert (rows[-1]["valid_io-vo_retrieval_p@1"], rows[-1]["valid_vo-io_retrieval_p@1"]) == pytest.approx(expected)
-

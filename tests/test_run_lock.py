@@ -90,7 +90,9 @@ def test_other_host_or_live_pid_is_not_taken_over(tmp_path: Path) -> None:
         RunLock(tmp_path / "init").acquire()
 
 
-def test_a_requeued_slurm_job_takes_its_own_lock_from_another_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_requeued_slurm_job_takes_its_own_lock_from_another_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     _write_lock(tmp_path, pid=1, host="node-a", slurm_job_id="77", slurm_restart="0")

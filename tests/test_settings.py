@@ -100,9 +100,15 @@ def test_every_pretraining_recipe_passes_the_schema(recipe: str, tmp_path: Path)
         ("trainer.max_steps=abc", "trainer.max_steps: expected int, got 'abc' (str)"),
         ("model.emb_dim=abc", "model.emb_dim: expected int, got 'abc' (str)"),
         ("+model.emb_dims=3", "model.emb_dims: unknown key (expected one of "),
-        ("objective.streams=[{objective: mlm, langs: '*', lambda_: 1, weigth: 1}]", "objective.streams[0].weigth: unknown key"),
+        (
+            "objective.streams=[{objective: mlm, langs: '*', lambda_: 1, weigth: 1}]",
+            "objective.streams[0].weigth: unknown key",
+        ),
         ("optim.scheduler.warmup_steps=1.5", "optim.scheduler.warmup_steps: expected int, got 1.5 (float)"),
-        ("callbacks.last.every_n_train_steps=x", "callbacks.last.every_n_train_steps: expected int | None, got 'x' (str)"),
+        (
+            "callbacks.last.every_n_train_steps=x",
+            "callbacks.last.every_n_train_steps: expected int | None, got 'x' (str)",
+        ),
         ("seed=0.5", "seed: expected int, got 0.5 (float)"),
     ],
 )

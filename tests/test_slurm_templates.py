@@ -24,8 +24,12 @@ TRAINING_TEMPLATES = [t for t in TEMPLATES if SRUN_SCRIPT.name in t.read_text()]
 
 
 def test_templates_are_shipped() -> None:
-    assert {t.name for t in TEMPLATES} == {"pretrain_single_node.sbatch", "pretrain_multi_node.sbatch", "finetune.sbatch",
-                                           "preprocess_array.sbatch"}
+    assert {t.name for t in TEMPLATES} == {
+        "pretrain_single_node.sbatch",
+        "pretrain_multi_node.sbatch",
+        "finetune.sbatch",
+        "preprocess_array.sbatch",
+    }
 
 
 @pytest.mark.slow  # needs the local SLURM, which the fixture installs with apt as root: not in `make test`

@@ -58,7 +58,9 @@ def test_xnli_tsv_by_language_with_xlm_label_ids(tmp_path: Path) -> None:
 def test_mnli_jsonl_and_txt_skip_no_consensus(tmp_path: Path) -> None:
     jsonl = tmp_path / "multinli_1.0_train.jsonl"
     records = [("neutral", "p1", "h1"), ("-", "p2", "h2"), ("contradictory", "p3", "h3")]
-    jsonl.write_text("".join(json.dumps({"gold_label": g, "sentence1": a, "sentence2": b}) + "\n" for g, a, b in records))
+    jsonl.write_text(
+        "".join(json.dumps({"gold_label": g, "sentence1": a, "sentence2": b}) + "\n" for g, a, b in records)
+    )
     assert read_mnli(jsonl) == [NLIExample("p1", "h1", 1, "en"), NLIExample("p3", "h3", 0, "en")]
     txt = tmp_path / "multinli_1.0_train.txt"
     txt.write_text("gold_label\tsentence1\tsentence2\nentailment\tp\th\n-\tq\tr\n")
@@ -75,7 +77,9 @@ def test_hf_datasets_labels_are_reversed(tmp_path: Path) -> None:
     from datasets import Dataset, DatasetDict
 
     rows = {"premise": ["a", "b", "c"], "hypothesis": ["x", "y", "z"], "label": [0, 1, 2]}  # entail, neutral, contra
-    DatasetDict({"train": Dataset.from_dict(rows), "validation": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "sw"))
+    DatasetDict({"train": Dataset.from_dict(rows), "validation": Dataset.from_dict(rows)}).save_to_disk(
+        str(tmp_path / "sw")
+    )
     data = read_hf_nli(tmp_path / "sw", "sw")
     assert sorted(data) == ["train", "valid"]
     assert [e.label for e in data["valid"]] == [2, 1, 0]  # XLM: contradiction 0, neutral 1, entailment 2
@@ -120,7 +124,9 @@ def test_conll_reader(tmp_path: Path) -> None:
 
 def test_find_nli_data_layouts(tmp_path: Path) -> None:
     (tmp_path / "XNLI-1.0").mkdir()
-    (tmp_path / "XNLI-1.0" / "xnli.dev.tsv").write_text(XNLI_HEADER + _xnli_line("en", "neutral", "a", "b") + _xnli_line("fr", "neutral", "c", "d"))
+    (tmp_path / "XNLI-1.0" / "xnli.dev.tsv").write_text(
+        XNLI_HEADER + _xnli_line("en", "neutral", "a", "b") + _xnli_line("fr", "neutral", "c", "d")
+    )
     (tmp_path / "XNLI-1.0" / "xnli.test.tsv").write_text(XNLI_HEADER + _xnli_line("fr", "entailment", "e", "f"))
     (tmp_path / "multinli_1.0_train.txt").write_text("gold_label\tsentence1\tsentence2\ncontradiction\tp\th\n")
     (tmp_path / "train.fr.tsv").write_text("premise\thypothesis\tlabel\nx\ty\tneutral\n")  # not a training language
@@ -155,7 +161,9 @@ class _Tokenizer:
 def test_pair_layout_positions_langs_separators() -> None:
     tok = _Tokenizer()
     a, b, c = (tok.dictionary.index(x) for x in "abc")
-    encoded = encode_pairs([NLIExample("a b", "c", 1, "fr"), NLIExample("a", "b", 2, "en")], tok, {"en": 0, "fr": 1}, 256, "x")
+    encoded = encode_pairs(
+        [NLIExample("a b", "c", 1, "fr"), NLIExample("a", "b", 2, "en")], tok, {"en": 0, "fr": 1}, 256, "x"
+    )
     assert encoded.n_truncated == 0
     assert encoded.rows[0].ids == (1, a, b, 1, c, 1)  # </s> A </s> B </s>, one shared middle </s>
     batch = collate(encoded.rows, pad_index=2)
@@ -168,7 +176,11 @@ def test_pair_layout_positions_langs_separators() -> None:
 
 def test_pair_truncation_per_sentence_is_counted() -> None:
     tok = _Tokenizer()
-    examples = [NLIExample("abcdef", "ab", 0, "en"), NLIExample("ab", "abc", 0, "en"), NLIExample("abcdefgh", "abcdefgh", 0, "en")]
+    examples = [
+        NLIExample("abcdef", "ab", 0, "en"),
+        NLIExample("ab", "abc", 0, "en"),
+        NLIExample("abcdefgh", "abcdefgh", 0, "en"),
+    ]
     encoded = encode_pairs(examples, tok, {"en": 0}, max_len=5, source="x")  # at most 3 pieces per sentence
     assert encoded.n_truncated == 2
     assert [len(r.ids) for r in encoded.rows] == [3 + 3 + 2, 3 + 2 + 3, 3 + 3 + 3]
@@ -232,8 +244,15 @@ def test_synthetic_nli_semantics() -> None:
     assert min(counts.values()) > 150
     for premise, hypothesis, label in pairs:
         assert not premise.negated
-        same_event = (premise.subject, premise.verb, premise.obj) == (hypothesis.subject, hypothesis.verb, hypothesis.obj)
-        adjs_kept = all(h in (None, p) for p, h in ((premise.subject_adj, hypothesis.subject_adj), (premise.obj_adj, hypothesis.obj_adj)))
+        same_event = (premise.subject, premise.verb, premise.obj) == (
+            hypothesis.subject,
+            hypothesis.verb,
+            hypothesis.obj,
+        )
+        adjs_kept = all(
+            h in (None, p)
+            for p, h in ((premise.subject_adj, hypothesis.subject_adj), (premise.obj_adj, hypothesis.obj_adj))
+        )
         if label == ENTAILMENT:
             assert same_event and adjs_kept and not hypothesis.negated
         elif label == CONTRADICTION:
@@ -354,7 +373,13 @@ def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) 
     _finetune(tiny_pretrained, run, "token_classification", f"task.data_dir={data}", "task.train_langs=[io]",
               "trainer.max_epochs=3", "optim.optimizer.lr=1e-3", "task.select_on=vo")  # fmt: skip
     rows = _rows(run / "results.csv")
-    assert [(r["lang"], r["split"]) for r in rows] == [("io", "valid"), ("vo", "valid"), ("avg", "valid"), ("vo", "test"), ("avg", "test")]
+    assert [(r["lang"], r["split"]) for r in rows] == [
+        ("io", "valid"),
+        ("vo", "valid"),
+        ("avg", "valid"),
+        ("vo", "test"),
+        ("avg", "test"),
+    ]
     assert list(rows[0]) == ["lang", "split", "f1", "n"]
     # The checkpoint kept is the best epoch on vo (task.select_on), and the reported numbers are its.
     _check_selection(run, "f1", "vo", ("io", "vo"))
@@ -424,8 +449,12 @@ def test_real_xnli_layout_short_run_reports_all_15_languages(tiny_pretrained: Pa
     # before its first scheduled validation (the epoch has 6): it still validates, tests and reports every language.
     data = write_real_xnli(tmp_path / "xnli")
     run = tmp_path / "run"
-    summary = _finetune(tiny_pretrained, run, "xnli", f"task.data_dir={data}", "trainer.max_steps=3", "task.batch_size=8")
-    assert sorted(summary["results"]["test"]) == sorted(XNLI15) and sorted(summary["results"]["valid"]) == sorted(XNLI15)
+    summary = _finetune(
+        tiny_pretrained, run, "xnli", f"task.data_dir={data}", "trainer.max_steps=3", "task.batch_size=8"
+    )
+    assert sorted(summary["results"]["test"]) == sorted(XNLI15) and sorted(summary["results"]["valid"]) == sorted(
+        XNLI15
+    )
     rows = _rows(run / "results.csv")
     assert sorted(r["lang"] for r in rows if r["split"] == "test") == sorted([*XNLI15, "avg"])
     assert all(r["n"] == "6" for r in rows if r["lang"] != "avg")

@@ -32,7 +32,9 @@ def build(cfg):
 
 def _cfg(prep: Path, run_dir: Path, recipe: str, *extra: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("xlmtrain", overrides=[f"+recipe={recipe}", f"data.dir={prep}", f"run_dir={run_dir}", *TINY, *extra])
+        return compose(
+            "xlmtrain", overrides=[f"+recipe={recipe}", f"data.dir={prep}", f"run_dir={run_dir}", *TINY, *extra]
+        )
 
 
 # ---------------------------------------------------------------- MLM corruption as configured
@@ -138,7 +140,12 @@ def test_accumulated_micro_batches_use_the_update_step(synthetic_prep: Path, tmp
     """Lambda schedules count optimizer updates, not micro-batches: with accumulation 2 and lambda '0:0.5,10:1',
     micro-batch k has lambda 0.5 + 0.05 * (k // 2) up to update 10. (Each micro-batch is its own stream draw, as XLM's
     accumulation sums the gradients of whatever streams ran in between.)"""
-    cfg = _cfg(synthetic_prep, tmp_path, "clm", "objective.streams=[{objective: clm, langs: io, lambda_: '0:0.5,10:1', weight: 1}]")
+    cfg = _cfg(
+        synthetic_prep,
+        tmp_path,
+        "clm",
+        "objective.streams=[{objective: clm, langs: io, lambda_: '0:0.5,10:1', weight: 1}]",
+    )
     _, items = _reference_items(cfg, 30, accumulate=2)
     assert [i.lam for i in items] == pytest.approx([min(1.0, 0.5 + 0.05 * (k // 2)) for k in range(30)])
 

@@ -89,7 +89,9 @@ def test_xlm_limits_subsample_streams_and_cap_pairs(tmp_path: Path) -> None:
     # The pair cap keeps the first kept pairs (an empty side is never kept).
     side1 = _corpus(tmp_path / "p1", [[20], [], [21], [22]])
     side2 = _corpus(tmp_path / "p2", [[30], [31], [32], [33]])
-    pairs = ParallelBatches(side1, side2, batch_size=8, max_len=None, group_by_size=False, shuffle=False, max_sentences=2)
+    pairs = ParallelBatches(
+        side1, side2, batch_size=8, max_len=None, group_by_size=False, shuffle=False, max_sentences=2
+    )
     (x1, _), (x2, _) = pairs.batch_at(0)
     assert x1[:, 1].tolist() == [20, 21] and x2[:, 1].tolist() == [30, 32]
 

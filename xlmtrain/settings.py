@@ -235,7 +235,9 @@ def _name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is not None:
         args = ", ".join("..." if a is Ellipsis else _name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]" if args else getattr(origin, "__name__", str(origin))
+        return (
+            f"{getattr(origin, '__name__', str(origin))}[{args}]" if args else getattr(origin, "__name__", str(origin))
+        )
     return getattr(tp, "__name__", str(tp))
 
 

@@ -30,8 +30,10 @@ def main() -> None:
         for label, targets in (("15% of tokens", {}), ("one content word", {"skip_words": (".",)})):
             alone = context_accuracy(model, data, args.context, args.target, with_context=False, **targets)
             paired = context_accuracy(model, data, args.context, args.target, with_context=True, **targets)
-            print(f"{run}: {args.target} masked {label}: accuracy alone {alone:.1f}%, "
-                  f"with {args.context} translation in context {paired:.1f}% (gain {paired - alone:+.1f})")
+            print(
+                f"{run}: {args.target} masked {label}: accuracy alone {alone:.1f}%, "
+                f"with {args.context} translation in context {paired:.1f}% (gain {paired - alone:+.1f})"
+            )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ if os.environ.get("XLMTRAIN_COLLECTIVE_LOG"):
     def _wrap(name: str, fn):  # type: ignore[no-untyped-def]
         @functools.wraps(fn)
         def logged(*args, **kwargs):  # type: ignore[no-untyped-def]
-            stack = [f.name for f in traceback.extract_stack()[:-1] if "xlmtrain" in f.filename or "lightning" in f.filename]
+            stack = [
+                f.name for f in traceback.extract_stack()[:-1] if "xlmtrain" in f.filename or "lightning" in f.filename
+            ]
             devices = [str(t.device) for t in _tensors(list(args) + list(kwargs.values()))]
             with open(_LOG, "a") as out:
                 out.write(json.dumps({"name": name, "devices": devices, "stack": stack}) + "\n")

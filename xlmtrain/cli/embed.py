@@ -22,8 +22,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", type=Path, required=True, help="UTF-8 text, one sentence per line")
     parser.add_argument("--lang", required=True, help="language of the lines (one of the model's languages)")
     parser.add_argument("--output", type=Path, required=True, help="output .npy file")
-    parser.add_argument("--pooling", choices=POOLINGS, default="first",
-                        help="first: hidden state of the leading </s> (XLM); mean: mean over the sentence's tokens")
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="first",
+        help="first: hidden state of the leading </s> (XLM); mean: mean over the sentence's tokens",
+    )
     parser.add_argument("--layer", type=int, default=-1, help="-1 = last block, 0 = embedding output, i = block i")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
     parser.add_argument("--chunk-lines", type=int, default=20000, help="lines read (and sorted) at a time")
@@ -43,8 +47,15 @@ def embed_command(args: argparse.Namespace) -> None:
     model = load_from_args(args)
     with atomic_output_file(args.output) as tmp:
         stats = embed_file(
-            model, args.input, args.lang, tmp, pooling=args.pooling, layer=args.layer,
-            batch_size=args.batch_size, chunk_lines=args.chunk_lines, progress=not args.no_progress,
+            model,
+            args.input,
+            args.lang,
+            tmp,
+            pooling=args.pooling,
+            layer=args.layer,
+            batch_size=args.batch_size,
+            chunk_lines=args.chunk_lines,
+            progress=not args.no_progress,
         )
     stats.warn(str(args.input), model.max_len)
     print(

@@ -27,7 +27,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def load_from_args(args: argparse.Namespace, *, need_lm_head: bool = False) -> InferenceModel:
     """The `InferenceModel` the parsed arguments name."""
     return load_inference_model(
-        args.model, tokenizer=args.tokenizer, codes=args.codes, lowercase=not args.no_lowercase, need_lm_head=need_lm_head
+        args.model,
+        tokenizer=args.tokenizer,
+        codes=args.codes,
+        lowercase=not args.no_lowercase,
+        need_lm_head=need_lm_head,
     )
 
 

@@ -28,12 +28,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tgt-lang", required=True)
     # Defaults: the combination that measured best on the synthetic languages (recipes/synthetic/README.md),
     # the same as the `callbacks=retrieval` defaults.
-    parser.add_argument("--scoring", choices=SCORINGS, default="margin", help="ratio margin (bitext mining; default) or cosine")
+    parser.add_argument(
+        "--scoring", choices=SCORINGS, default="margin", help="ratio margin (bitext mining; default) or cosine"
+    )
     parser.add_argument("--k", type=int, default=4, help="neighbours of the margin (default 4)")
-    parser.add_argument("--pooling", choices=POOLINGS, default="mean", help="mean over tokens (default) or first (XLM's)")
+    parser.add_argument(
+        "--pooling", choices=POOLINGS, default="mean", help="mean over tokens (default) or first (XLM's)"
+    )
     parser.add_argument("--layer", type=int, default=-1, help="-1 = last block, 0 = embedding output")
     parser.add_argument(
-        "--center", action=argparse.BooleanOptionalAction, default=True,
+        "--center",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="subtract each side's mean embedding before scoring (default on)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
@@ -48,11 +54,22 @@ def retrieval_command(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{path}: file not found")
     n_src, n_tgt = count_lines(args.src), count_lines(args.tgt)
     if n_src != n_tgt:
-        raise LineCountMismatchError(f"{args.src} has {n_src} lines but {args.tgt} has {n_tgt}: aligned files need equal counts")
+        raise LineCountMismatchError(
+            f"{args.src} has {n_src} lines but {args.tgt} has {n_tgt}: aligned files need equal counts"
+        )
     model = load_from_args(args)
     result = evaluate_retrieval(
-        model, list(read_lines(args.src)), list(read_lines(args.tgt)), args.src_lang, args.tgt_lang,
-        scoring=args.scoring, k=args.k, pooling=args.pooling, layer=args.layer, center=args.center, batch_size=args.batch_size,
+        model,
+        list(read_lines(args.src)),
+        list(read_lines(args.tgt)),
+        args.src_lang,
+        args.tgt_lang,
+        scoring=args.scoring,
+        k=args.k,
+        pooling=args.pooling,
+        layer=args.layer,
+        center=args.center,
+        batch_size=args.batch_size,
         names=(str(args.src), str(args.tgt)),
     )
     print(result.table())

@@ -232,9 +232,7 @@ def binarize_job(job: Job, a: BinarizeArgs) -> tuple[TokenizeStats, BinarizeStat
     rows = list(_job_words(job, a.work_dir, a.lowercase, a.on_invalid_utf8, tok))
     word_ids.add([words for _, sides in rows for words in sides])
     ids_of, specials = word_ids.ids.__getitem__, word_ids.specials
-    buf: dict[tuple[str, int], tuple[list[int], list[int]]] = {
-        (s, k): ([], []) for s in SPLITS for k in range(n_sides)
-    }
+    buf: dict[tuple[str, int], tuple[list[int], list[int]]] = {(s, k): ([], []) for s in SPLITS for k in range(n_sides)}
     for split, sides in rows:
         sents = [list(chain.from_iterable(map(ids_of, words))) for words in sides]
         if specials:

@@ -24,7 +24,9 @@ class PreprocessedData:
         self.directory = Path(directory)
         path = self.directory / "manifest.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; run `python -m xlmtrain.preprocess input=RAW output={directory}`")
+            raise FileNotFoundError(
+                f"{path}: not found; run `python -m xlmtrain.preprocess input=RAW output={directory}`"
+            )
         self.manifest: dict[str, Any] = read_manifest(path)
         self.languages: list[str] = self.manifest["languages"]
         self.lang2id: dict[str, int] = self.manifest["lang2id"]
@@ -42,7 +44,9 @@ class PreprocessedData:
         """The monolingual corpus `{split}.{lang}`. Raises KeyError naming the available languages."""
         self._split(split)
         if lang not in self.manifest["monolingual"]:
-            raise KeyError(f"no monolingual data for {lang!r} in {self.directory} (have {self.manifest['monolingual']})")
+            raise KeyError(
+                f"no monolingual data for {lang!r} in {self.directory} (have {self.manifest['monolingual']})"
+            )
         return IndexedCorpus(self.directory / f"{split}.{lang}")
 
     def parallel(self, split: str, l1: str, l2: str) -> tuple[IndexedCorpus, IndexedCorpus]:
@@ -51,7 +55,9 @@ class PreprocessedData:
         name = "-".join(sorted((l1, l2)))
         if name not in self.pairs:
             raise KeyError(f"no parallel data for {l1}-{l2} in {self.directory} (have {self.pairs})")
-        return IndexedCorpus(self.directory / f"{split}.{name}.{l1}"), IndexedCorpus(self.directory / f"{split}.{name}.{l2}")
+        return IndexedCorpus(self.directory / f"{split}.{name}.{l1}"), IndexedCorpus(
+            self.directory / f"{split}.{name}.{l2}"
+        )
 
     def tokenizer(self) -> XLMTokenizer:
         return XLMTokenizer.from_pretrained(self.directory)

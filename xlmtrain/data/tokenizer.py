@@ -126,7 +126,12 @@ class XLMTokenizer:
         # transformers' word-final `x</w>` is fastBPE's `x`; any other piece is a non-final `x@@`.
         words = [w[: -len(EOW)] if w.endswith(EOW) else w + "@@" for w, _ in by_id[N_SPECIALS:]]
         lang2id = config.get("lang2id") or {}
-        return cls(Dictionary(words), directory / "merges.txt", lang2id, bool(config.get("do_lowercase_and_remove_accent", True)))
+        return cls(
+            Dictionary(words),
+            directory / "merges.txt",
+            lang2id,
+            bool(config.get("do_lowercase_and_remove_accent", True)),
+        )
 
 
 def load_tokenizer(path: str | Path) -> XLMTokenizer:

@@ -57,7 +57,13 @@ class RetrievalCallback(pl.Callback):
                 raise ValueError(f"retrieval callback: pair {pair!r} is not of the form l1-l2")
         self.pairs = [str(p) for p in pairs] if pairs else None
         self.n_sentences, self.split = n_sentences, split
-        self.scoring, self.pooling, self.layer, self.center, self.batch_size = scoring, pooling, layer, center, batch_size
+        self.scoring, self.pooling, self.layer, self.center, self.batch_size = (
+            scoring,
+            pooling,
+            layer,
+            center,
+            batch_size,
+        )
         self.data: PreprocessedData | None = None
 
     def use_data(self, data: PreprocessedData) -> None:
@@ -79,10 +85,17 @@ class RetrievalCallback(pl.Callback):
             sides = []
             for lang, corpus in zip((l1, l2), data.parallel(self.split, l1, l2)):
                 n = min(self.n_sentences, len(corpus))
-                lines = [wrap_sentence(corpus[i].tolist(), data.dictionary.eos_index, config.max_position_embeddings).ids for i in range(n)]
+                lines = [
+                    wrap_sentence(corpus[i].tolist(), data.dictionary.eos_index, config.max_position_embeddings).ids
+                    for i in range(n)
+                ]
                 sides.append(
                     embed_ids(
-                        model, lines, lang_id=data.lang2id[lang], pooling=self.pooling, layer=self.layer,
+                        model,
+                        lines,
+                        lang_id=data.lang2id[lang],
+                        pooling=self.pooling,
+                        layer=self.layer,
                         batch_size=self.batch_size,
                     )
                 )

@@ -33,7 +33,6 @@ from xlmtrain.model.pooling import POOLINGS, Pooling, pool_hidden
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EmbedStats:
     """What happened to the input lines: total, embedded as empty, truncated to the position table."""
@@ -112,7 +111,11 @@ def embed_sentences(
     stats = EmbedStats()
     stats.add(encoded)
     vectors = embed_ids(
-        model.model, [e.ids for e in encoded], lang_id=lang_id, pooling=pooling, layer=layer,
+        model.model,
+        [e.ids for e in encoded],
+        lang_id=lang_id,
+        pooling=pooling,
+        layer=layer,
         batch_size=batch_size,
     )
     return vectors.numpy(), stats
@@ -152,7 +155,11 @@ def embed_file(
         while chunk := list(islice(lines, chunk_lines)):
             encoded = [model.encode(line, lang) for line in chunk]
             vectors = embed_ids(
-                model.model, [e.ids for e in encoded], lang_id=lang_id, pooling=pooling, layer=layer,
+                model.model,
+                [e.ids for e in encoded],
+                lang_id=lang_id,
+                pooling=pooling,
+                layer=layer,
                 batch_size=batch_size,
             )
             out[stats.lines : stats.lines + len(chunk)] = vectors.numpy()

@@ -146,13 +146,20 @@ def load_inference_model(
     """
     checkpoint = read_checkpoint(path)
     if need_lm_head and checkpoint.head not in ("lm", None):
-        raise CheckpointError(f"{path}: carries a {checkpoint.head!r} head, not a masked-LM head; fill-mask needs a pretrained LM")
+        raise CheckpointError(
+            f"{path}: carries a {checkpoint.head!r} head, not a masked-LM head; fill-mask needs a pretrained LM"
+        )
     if need_lm_head and checkpoint.head is None:
         raise CheckpointError(f"{path}: has no masked-LM output layer (bare encoder weights); fill-mask needs one")
     model, _ = model_from_checkpoint(checkpoint, checkpoint.head or "lm", str(path))
     tok = checkpoint_tokenizer(
-        checkpoint, path, vocab_size=model.config.vocab_size, codes=codes, lowercase=lowercase,
-        codes_option="--codes FILE", tokenizer_dir=tokenizer,
+        checkpoint,
+        path,
+        vocab_size=model.config.vocab_size,
+        codes=codes,
+        lowercase=lowercase,
+        codes_option="--codes FILE",
+        tokenizer_dir=tokenizer,
     )
     return InferenceModel(model.eval(), tok, str(path))
 

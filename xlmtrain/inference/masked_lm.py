@@ -133,15 +133,15 @@ def fill_masks(
                 completions = []
                 for p, token_id in zip(top.values[cursor].tolist(), top.indices[cursor].tolist()):
                     filled = ids[:column] + [token_id] + ids[column + 1 :]
-                    completions.append(Completion(model.dictionary[token_id], token_id, p, _render(model, filled, lang)))
+                    completions.append(
+                        Completion(model.dictionary[token_id], token_id, p, _render(model, filled, lang))
+                    )
                 predictions.append(MaskPrediction(index, completions))
                 cursor += 1
             results.append(predictions)
     return results
 
 
-def fill_mask(
-    model: InferenceModel | str | Path, text: str, lang: str, *, top_k: int = 5
-) -> list[MaskPrediction]:
+def fill_mask(model: InferenceModel | str | Path, text: str, lang: str, *, top_k: int = 5) -> list[MaskPrediction]:
     """Top-k completions of every mask in one sentence; see `fill_masks`."""
     return fill_masks(model, [text], lang, top_k=top_k)[0]

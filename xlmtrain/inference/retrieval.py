@@ -182,7 +182,18 @@ def evaluate_retrieval(
         stats.warn(name, model.max_len)
     p12, p21 = retrieval_p_at_1(src, tgt, scoring=scoring, k=k, center=center)
     return RetrievalResult(
-        src_lang, tgt_lang, len(src_lines), scoring, pooling, layer, center, p12, p21, chance=100.0 / len(src_lines),
-        src_empty=src_stats.empty, tgt_empty=tgt_stats.empty,
-        src_truncated=src_stats.truncated, tgt_truncated=tgt_stats.truncated,
+        src_lang,
+        tgt_lang,
+        len(src_lines),
+        scoring,
+        pooling,
+        layer,
+        center,
+        p12,
+        p21,
+        chance=100.0 / len(src_lines),
+        src_empty=src_stats.empty,
+        tgt_empty=tgt_stats.empty,
+        src_truncated=src_stats.truncated,
+        tgt_truncated=tgt_stats.truncated,
     )

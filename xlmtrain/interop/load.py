@@ -45,8 +45,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if path.is_file():
         config, state, word2id = read_original(path)
-        return Checkpoint(config, state, "lm" if any(k.startswith("pred_layer.") for k in state) else None,
-                          "original", None, word2id)
+        return Checkpoint(
+            config, state, "lm" if any(k.startswith("pred_layer.") for k in state) else None, "original", None, word2id
+        )
     if is_native_dir(path):
         config, head, state = read_native(path)
         return Checkpoint(config, state, head, "xlmtrain", path)

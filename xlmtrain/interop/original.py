@@ -105,7 +105,7 @@ def config_from_params(
 def original_state_dict(model: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     """Original encoder keys -> head-model keys: strip `module.`, prefix everything but `pred_layer.*`."""
     if model and all(k.startswith("module.") for k in model):
-        model = {k[len("module."):]: v for k, v in model.items()}
+        model = {k[len("module.") :]: v for k, v in model.items()}
     memory = sorted(k for k in model if k.startswith("memories."))
     if memory:
         raise UnsupportedFeatureError(

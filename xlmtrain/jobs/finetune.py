@@ -182,7 +182,9 @@ def setup(settings: FinetuneSettings) -> _Setup:
     data, lang2id = usable_languages(data, train_langs, lang2id, model.config.has_lang_embeddings, task.strict_langs)
     limit = model.config.max_position_embeddings
     if 2 * task.max_len - 1 > limit:
-        raise ValueError(f"task.max_len={task.max_len}: pairs could reach {2 * task.max_len - 1} tokens, over the model's max_position_embeddings={limit}")
+        raise ValueError(
+            f"task.max_len={task.max_len}: pairs could reach {2 * task.max_len - 1} tokens, over the model's max_position_embeddings={limit}"
+        )
     encoded = encode_all(data, task, tokenizer, lang2id, {t: i for i, t in enumerate(tags)})
 
     pad = tokenizer.dictionary.pad_index
@@ -193,7 +195,9 @@ def setup(settings: FinetuneSettings) -> _Setup:
                               collate_fn=lambda r: collate(r, pad))  # fmt: skip
     eval_langs = {split: list(encoded[split]) for split in ("valid", "test")}
     if task.select_on != "avg" and task.select_on not in eval_langs["valid"]:
-        raise ValueError(f"task.select_on={task.select_on}: not avg nor one of the valid languages {eval_langs['valid']}")
+        raise ValueError(
+            f"task.select_on={task.select_on}: not avg nor one of the valid languages {eval_langs['valid']}"
+        )
     module = FinetuneModule(
         model,
         eval_langs=eval_langs,
@@ -247,7 +251,11 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
     run_dir, kind, select_on = settings.run_dir, settings.task.kind, settings.task.select_on
     _, metric, plot_name = KINDS[kind]
     module, train_langs = job.module, job.train_langs
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best.best_model_path, "results": module.results}
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": best.best_model_path,
+        "results": module.results,
+    }
     if not trainer.is_global_zero:
         return summary
     table = markdown_table(module.results, metric, train_langs)
@@ -263,8 +271,12 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
     if zero_shot:
         summary["zero_shot_avg"] = sum(zero_shot.values()) / len(zero_shot)
         chance = " (chance 33.33)" if metric == "accuracy" else ""
-        print(f"zero-shot {metric} on {', '.join(zero_shot)} (never seen in fine-tuning): {summary['zero_shot_avg']:.2f}{chance}")
-    print(f"results: {run_dir / 'results.csv'}, {run_dir / 'results.md'}, {run_dir / plot_name}; model: {run_dir / 'model'}")
+        print(
+            f"zero-shot {metric} on {', '.join(zero_shot)} (never seen in fine-tuning): {summary['zero_shot_avg']:.2f}{chance}"
+        )
+    print(
+        f"results: {run_dir / 'results.csv'}, {run_dir / 'results.md'}, {run_dir / plot_name}; model: {run_dir / 'model'}"
+    )
     return summary
 
 
@@ -308,7 +320,10 @@ def task_data(settings: FinetuneSettings, model_langs: list[str]) -> tuple[Split
         absent = [lang for lang in task.eval_langs if lang not in data["valid"]]
         if absent:
             raise ValueError(f"task.eval_langs: no validation data for {absent} in {task.data_dir}")
-        data = {split: {k: v for k, v in by_lang.items() if split == "train" or k in task.eval_langs} for split, by_lang in data.items()}
+        data = {
+            split: {k: v for k, v in by_lang.items() if split == "train" or k in task.eval_langs}
+            for split, by_lang in data.items()
+        }
     return data, train_langs
 
 
@@ -332,7 +347,9 @@ def usable_languages(
         )
     missing = sorted({lang for split in ("valid", "test") for lang in data.get(split, {}) if lang not in lang2id})
     if missing and strict:
-        raise ValueError(f"task.strict_langs: the data has {missing}, languages the model has no embedding for ({known})")
+        raise ValueError(
+            f"task.strict_langs: the data has {missing}, languages the model has no embedding for ({known})"
+        )
     if missing:
         log.warning("skipping evaluation languages the model has no language embedding for: %s (model: %s; "
                     "task.strict_langs=true refuses them)", ", ".join(missing), ", ".join(known))  # fmt: skip
@@ -354,13 +371,25 @@ def encode_all(
             else:
                 encoded = encode_tagged(examples, tokenizer, lang2id, tag2id, settings.max_len, source)
             if encoded.n_truncated:
-                log.warning("%s: %d of %d examples clipped to task.max_len=%d", source, encoded.n_truncated, len(examples), settings.max_len)
+                log.warning(
+                    "%s: %d of %d examples clipped to task.max_len=%d",
+                    source,
+                    encoded.n_truncated,
+                    len(examples),
+                    settings.max_len,
+                )
             out[split][lang] = encoded
     return out
 
 
 def _loaders(sets: dict[str, EncodedSet], batch_size: int, pad_index: int, workers: int) -> list[DataLoader]:
     return [
-        DataLoader(s.rows, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=lambda r: collate(r, pad_index))
+        DataLoader(
+            s.rows,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=lambda r: collate(r, pad_index),
+        )
         for s in sets.values()
     ]

@@ -166,8 +166,13 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
                   mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
     train = PretrainBatches(
-        specs, data, counts=dico.counts, lg_sampling_factor=settings.objective.lg_sampling_factor,
-        mixture=settings.objective.mixture, seed=settings.seed, **common,
+        specs,
+        data,
+        counts=dico.counts,
+        lg_sampling_factor=settings.objective.lg_sampling_factor,
+        mixture=settings.objective.mixture,
+        seed=settings.seed,
+        **common,
     )
     valid = ValidBatches(specs, data, **common)
     module = PretrainModule(
@@ -209,7 +214,9 @@ def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer)
     trainer.fit(module, ckpt_path=ckpt_path)
 
 
-def report(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer, data: PreprocessedData) -> dict[str, Any]:
+def report(
+    settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer, data: PreprocessedData
+) -> dict[str, Any]:
     """Final checkpoint, export, plot and summary of a run that trained to the end."""
     run_dir = settings.run_dir
     # After fit, teardown has moved the module to the CPU; the RNG gather of `on_save_checkpoint` still runs on
@@ -244,7 +251,9 @@ def resolve_data(settings: DataSettings, cache_dir: Path) -> Path:
     """Return a preprocessed data folder for `settings.dir` (raw or preprocessed) or the synthetic corpus."""
     preprocess = dataclasses.asdict(settings.preprocess)
     if settings.dir is None:
-        return ensure_preprocessed(synthetic_corpus(settings.synthetic, cache_dir), cache_dir / "preprocessed", **preprocess)
+        return ensure_preprocessed(
+            synthetic_corpus(settings.synthetic, cache_dir), cache_dir / "preprocessed", **preprocess
+        )
     directory = Path(settings.dir).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"data.dir={settings.dir}: no such directory")

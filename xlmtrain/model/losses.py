@@ -72,7 +72,9 @@ def linear_cross_entropy(
     With `slot` (weight tied to a `tied_embedding` lookup with the same slot) the weight's gradient is handed
     to that lookup's backward instead of being returned here."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden must be (n, d) and targets (n,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"hidden must be (n, d) and targets (n,), got {tuple(hidden.shape)} and {tuple(targets.shape)}"
+        )
     # Low precision (autocast or bf16/fp16 weights) keeps its matmul and takes an fp32 softmax; under
     # torch.compile inductor fuses the pair itself.
     low_precision = torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != torch.float32

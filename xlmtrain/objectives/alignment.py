@@ -160,7 +160,9 @@ def translation_ranking_loss(
     )
 
 
-def sentence_vectors(encoder: nn.Module, ids: Tensor, lengths: Tensor, langs: Tensor | None, pooling: Pooling) -> Tensor:
+def sentence_vectors(
+    encoder: nn.Module, ids: Tensor, lengths: Tensor, langs: Tensor | None, pooling: Pooling
+) -> Tensor:
     """(bs, dim) pooled last-layer states of `ids (bs, slen)` through an `XLMTransformer` (bidirectional)."""
     hidden = encoder.encode(ids, lengths=lengths, langs=langs, causal=False).last_hidden_state  # (bs, slen, dim)
     return pool_hidden(hidden, lengths, pooling)
@@ -218,8 +220,15 @@ class XLCoState(nn.Module):
 
 
 def xlco_loss(
-    query_src: Tensor, query_tgt: Tensor, key_src: Tensor, key_tgt: Tensor, queued: Tensor | None, *,
-    global_rows: int, scale: float, gather: bool,
+    query_src: Tensor,
+    query_tgt: Tensor,
+    key_src: Tensor,
+    key_tgt: Tensor,
+    queued: Tensor | None,
+    *,
+    global_rows: int,
+    scale: float,
+    gather: bool,
 ) -> tuple[Tensor, Tensor]:
     """InfoXLM's XLCo per pair `(n,)`, both directions, and the batch's keys (every rank's) to enqueue.
 

@@ -153,7 +153,9 @@ class _Builder:
         self.lang2id = data.lang2id
         self.n_words, self.mask_index, self.pad_index = n_words, mask_index, pad_index
 
-    def layout(self, spec: StreamSpec, raw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def layout(
+        self, spec: StreamSpec, raw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """`(ids, lengths, positions or None, langs)` of a raw batch."""
         if spec.is_pair:
             (x1, len1), (x2, len2) = raw
@@ -171,7 +173,9 @@ class _Builder:
         lang1, lang2 = spec.lang_list
         return pair_batch(x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2])
 
-    def clm(self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor) -> LMBatch:
+    def clm(
+        self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor
+    ) -> LMBatch:
         pred_mask, targets = next_token_targets(ids, lengths)
         return LMBatch(ids, lengths, positions, langs, pred_mask, targets, causal=True)
 
@@ -266,7 +270,9 @@ class PretrainBatches:
             common = dict(seed=self.seed + i, rank=0, world_size=1, shuffle=True)
             if spec.is_pair:
                 c1, c2 = _pair_corpora(self.data, "train", spec)
-                sizing = {"tokens_per_batch": b.tokens_per_batch} if b.tokens_per_batch else {"batch_size": b.batch_size}
+                sizing = (
+                    {"tokens_per_batch": b.tokens_per_batch} if b.tokens_per_batch else {"batch_size": b.batch_size}
+                )
                 it = ParallelBatches(c1, c2, max_len=b.max_len, group_by_size=b.group_by_size, **sizing, **common)
             else:
                 it = StreamBatches(self.data.mono("train", spec.langs), b.bptt, b.batch_size, **common)

@@ -92,7 +92,11 @@ class PretrainModule(pl.LightningModule):
         if alignment is None or isinstance(alignment, Mapping):
             alignment = AlignmentSettings(**dict(alignment or {}))
         self.save_hyperparameters(
-            {"model_config": config.to_dict(), "streams": [_stream_fields(s) for s in streams], "alignment": asdict(alignment)}
+            {
+                "model_config": config.to_dict(),
+                "streams": [_stream_fields(s) for s in streams],
+                "alignment": asdict(alignment),
+            }
         )
         self.config = config
         self.specs = list(streams)
@@ -118,8 +122,13 @@ class PretrainModule(pl.LightningModule):
 
     def _encoder_inputs(self, batch: LMBatch) -> dict[str, torch.Tensor | bool | None]:
         # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
-        return {"langs": batch.langs, "position_ids": batch.positions, "lengths": batch.lengths, "causal": batch.causal,
-                "padded": batch.padded}
+        return {
+            "langs": batch.langs,
+            "position_ids": batch.positions,
+            "lengths": batch.lengths,
+            "causal": batch.causal,
+            "padded": batch.padded,
+        }
 
     def forward(self, batch: LMBatch) -> torch.Tensor:
         """Logits `(n_pred, vocab)` at `batch.pred_mask`, row-major."""
@@ -202,7 +211,9 @@ class PretrainModule(pl.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Lightning's clipping, also for the fused optimizer under bf16-mixed (see `training.precision`)."""
@@ -345,4 +356,3 @@ def _key(name: str) -> str:
 
 def _unkey(key: str) -> str:
     return key.replace("__", "-")
-

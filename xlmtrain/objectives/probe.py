@@ -42,7 +42,9 @@ def context_accuracy(
     `seed` and the batch number, so the two conditions and different models see the same masks."""
     model.eval()
     ctx_corpus, tgt_corpus = data.parallel(split, context_lang, target_lang)
-    batches = ParallelBatches(ctx_corpus, tgt_corpus, batch_size=batch_size, max_len=None, group_by_size=False, shuffle=False)
+    batches = ParallelBatches(
+        ctx_corpus, tgt_corpus, batch_size=batch_size, max_len=None, group_by_size=False, shuffle=False
+    )
     pad, mask_index = data.dictionary.pad_index, data.dictionary.mask_index
     ctx_id, tgt_id = data.lang2id[context_lang], data.lang2id[target_lang]
     unknown = [w for w in skip_words if w not in data.dictionary.word2id]
@@ -59,8 +61,16 @@ def context_accuracy(
         if with_context:
             pair = concat_pair(xc, lc, masked.input_ids, lt, lang1_id=ctx_id, lang2_id=tgt_id, pad_index=pad)
             # The same layout applied to the mask puts the target-side predictions at their new columns.
-            pred = concat_pair(torch.zeros_like(xc), lc, masked.pred_mask.long(), lt, lang1_id=0, lang2_id=0, pad_index=0)
-            ids, lengths, positions, langs, pred_mask = pair.ids, pair.lengths, pair.positions, pair.langs, pred.ids.bool()
+            pred = concat_pair(
+                torch.zeros_like(xc), lc, masked.pred_mask.long(), lt, lang1_id=0, lang2_id=0, pad_index=0
+            )
+            ids, lengths, positions, langs, pred_mask = (
+                pair.ids,
+                pair.lengths,
+                pair.positions,
+                pair.langs,
+                pred.ids.bool(),
+            )
         else:
             ids, lengths, positions, pred_mask = masked.input_ids, lt, None, masked.pred_mask
             langs = constant_langs(ids, tgt_id)

@@ -48,7 +48,9 @@ def language_id(lang: str, lang2id: dict[str, int], source: str) -> int:
     if not lang2id:
         return 0
     if lang not in lang2id:
-        raise ValueError(f"{source}: language {lang!r} is not one the model was trained on ({', '.join(sorted(lang2id))})")
+        raise ValueError(
+            f"{source}: language {lang!r} is not one the model was trained on ({', '.join(sorted(lang2id))})"
+        )
     return lang2id[lang]
 
 

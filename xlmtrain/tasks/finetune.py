@@ -45,7 +45,9 @@ def param_groups(
     """
     n_layers = model.config.n_layers
     if finetune_layers is not None and not 0 <= finetune_layers <= n_layers + 1:
-        raise ValueError(f"task.finetune_layers={finetune_layers}: expected null or 0..{n_layers + 1} (n_layers + embeddings)")
+        raise ValueError(
+            f"task.finetune_layers={finetune_layers}: expected null or 0..{n_layers + 1} (n_layers + embeddings)"
+        )
     lowest = 0 if finetune_layers is None else n_layers + 1 - finetune_layers
     encoder = []
     for name, param in model.transformer.named_parameters():
@@ -147,7 +149,9 @@ class FinetuneModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._scheduler(optimizer), "interval": "step"}}
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Lightning's clipping, also for the fused optimizer under bf16-mixed (see `training.precision`)."""

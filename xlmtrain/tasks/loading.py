@@ -39,6 +39,11 @@ def load_pretrained(
     if report.newly_initialized:
         log.info("%s: new %s head parameters %s", init, head, report.newly_initialized)
     tokenizer = checkpoint_tokenizer(
-        checkpoint, init, vocab_size=model.config.vocab_size, codes=codes, lowercase=lowercase, codes_option="pretrained.codes=FILE"
+        checkpoint,
+        init,
+        vocab_size=model.config.vocab_size,
+        codes=codes,
+        lowercase=lowercase,
+        codes_option="pretrained.codes=FILE",
     )
     return model, tokenizer

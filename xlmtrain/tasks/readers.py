@@ -83,7 +83,12 @@ def _tsv_rows(path: Path, required: dict[str, tuple[str, ...]]) -> list[tuple[in
 def read_xnli_tsv(path: str | Path, langs: list[str] | None = None) -> dict[str, list[NLIExample]]:
     """XNLI 1.0 `xnli.dev.tsv` / `xnli.test.tsv` -> examples by language (`langs` keeps only those)."""
     path = Path(path)
-    columns = {"language": ("language",), "label": ("gold_label",), "premise": ("sentence1",), "hypothesis": ("sentence2",)}
+    columns = {
+        "language": ("language",),
+        "label": ("gold_label",),
+        "premise": ("sentence1",),
+        "hypothesis": ("sentence2",),
+    }
     out: dict[str, list[NLIExample]] = {}
     for lineno, row in _tsv_rows(path, columns):
         lang = row["language"].strip()
@@ -120,7 +125,11 @@ def read_mnli(path: str | Path, lang: str = "en") -> list[NLIExample]:
                     continue
                 try:
                     record = json.loads(line)
-                    row = {"label": record["gold_label"], "premise": record["sentence1"], "hypothesis": record["sentence2"]}
+                    row = {
+                        "label": record["gold_label"],
+                        "premise": record["sentence1"],
+                        "hypothesis": record["sentence2"],
+                    }
                 except (json.JSONDecodeError, KeyError, TypeError) as error:
                     raise DataFormatError(f"{path}:{lineno}: not a MultiNLI record ({error!r})") from None
                 if row["label"] != "-":
@@ -145,7 +154,9 @@ def read_hf_nli(path: str | Path, lang: str) -> dict[str, list[NLIExample]]:
             continue
         missing = {"premise", "hypothesis", "label"} - set(dataset.column_names)
         if missing:
-            raise DataFormatError(f"{path}/{split_name}: missing column(s) {sorted(missing)} (have {dataset.column_names})")
+            raise DataFormatError(
+                f"{path}/{split_name}: missing column(s) {sorted(missing)} (have {dataset.column_names})"
+            )
         examples = []
         for i, row in enumerate(dataset):
             if row["label"] not in HF_XNLI_TO_XLM:
@@ -243,8 +254,13 @@ def find_nli_data(directory: str | Path, train_langs: list[str]) -> Split:
     for sub in sorted(p for p in directory.iterdir() if (p / "dataset_dict.json").is_file()):
         for split, examples in read_hf_nli(sub, sub.name).items():
             add(split, sub.name, examples)
-    _check_found(directory, data, train_langs, "xnli.dev.tsv/xnli.test.tsv, multinli_1.0_train.jsonl|.txt, "
-                 "{split}.{lang}.tsv, or {lang}/ folders saved by datasets")
+    _check_found(
+        directory,
+        data,
+        train_langs,
+        "xnli.dev.tsv/xnli.test.tsv, multinli_1.0_train.jsonl|.txt, "
+        "{split}.{lang}.tsv, or {lang}/ folders saved by datasets",
+    )
     return data
 
 

@@ -185,7 +185,9 @@ def summarise(runs: Sequence[Run], rule: str = "en_dev", train_lang: str = "en")
             continue
         members = [r for r in groups[config] if ("test", lang) in r.accuracy]
         if members:
-            rows.append(LanguageRow(lang, config, [r.seed for r in members], [r.accuracy[("test", lang)] for r in members]))
+            rows.append(
+                LanguageRow(lang, config, [r.seed for r in members], [r.accuracy[("test", lang)] for r in members])
+            )
     if rows:
         rows.append(_average(rows))
     configs = {
@@ -253,7 +255,9 @@ def markdown(report: SweepReport) -> str:
         else:
             published = [PUBLISHED_XNLI[name].get(row.lang) for name in names]
         cells = ["" if p is None else f"{p:.1f}" for p in published]
-        lines.append(f"| {row.lang} | {_cell(row.mean, row.std)} | {len(row.seeds)} | {' | '.join(cells)} | {row.config} |")
+        lines.append(
+            f"| {row.lang} | {_cell(row.mean, row.std)} | {len(row.seeds)} | {' | '.join(cells)} | {row.config} |"
+        )
     lines += [
         "",
         (
@@ -287,7 +291,9 @@ def plot(report: SweepReport, path: Path) -> Path:
     plain = [r.lang for r in rows if r.lang != "avg"]
     for k, name in enumerate(names, start=1):
         values = [published_avg(name, plain) if lang == "avg" else PUBLISHED_XNLI[name].get(lang) for lang in langs]
-        ax.bar([x - 0.4 + width * (k + 0.5) for x in xs], [math.nan if v is None else v for v in values], width, label=name)
+        ax.bar(
+            [x - 0.4 + width * (k + 0.5) for x in xs], [math.nan if v is None else v for v in values], width, label=name
+        )
     ax.set_xticks(list(xs), langs)
     ax.set(ylabel="XNLI test accuracy (%)", ylim=(0, 100), title=f"mean ± std over seeds, selection {report.rule}")
     ax.legend(fontsize=7, loc="lower right")
@@ -297,7 +303,9 @@ def plot(report: SweepReport, path: Path) -> Path:
     return path
 
 
-def write_report(sweep_dir: Path, rule: str = "en_dev", train_lang: str = "en", out_dir: Path | None = None) -> SweepReport:
+def write_report(
+    sweep_dir: Path, rule: str = "en_dev", train_lang: str = "en", out_dir: Path | None = None
+) -> SweepReport:
     """Read the sweep, summarise it and write `xnli_report_<rule>.{csv,md,png}` into `out_dir` (default
     `sweep_dir`)."""
     report = summarise(read_sweep(sweep_dir), rule, train_lang)

@@ -77,9 +77,7 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike) -> Non
         os.close(dir_fd)
 
 
-def load_checkpoint_file(
-    path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False
-) -> dict[str, Any]:
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and the project's allow-listed classes.
 
     Args:

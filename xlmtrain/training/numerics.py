@@ -101,7 +101,9 @@ class NumericsGuard(Callback):
         self._step_at_batch_start = -1
 
     # -- collecting -------------------------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step_at_batch_start = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -155,7 +157,9 @@ class NumericsGuard(Callback):
         return None
 
     # -- checkpoints ------------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         """Refuse to let an unchecked or non-finite state be written; record the history with it."""
         self.check(trainer)
         params = [p.detach() for p in pl_module.parameters()]
@@ -165,7 +169,9 @@ class NumericsGuard(Callback):
         checkpoint[CHECKPOINT_KEY] = {"checked_step": trainer.global_step,
                                       "history": {k: list(v) for k, v in self.history.items()}}  # fmt: skip
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         saved = checkpoint.get(CHECKPOINT_KEY) or {}
         self.history = {k: deque(v, maxlen=self.window) for k, v in saved.get("history", {}).items()}
         self._pending = []

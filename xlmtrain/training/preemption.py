@@ -123,7 +123,9 @@ class PreemptionCallback(Callback):
             self._pre_fit_handlers.setdefault(signum, signal.getsignal(signum))
             signal.signal(signum, self._on_signal)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Remember the step so ``on_train_batch_end`` can tell whether an optimizer step happened."""
         self._step_at_batch_start = trainer.global_step
 

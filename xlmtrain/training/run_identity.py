@@ -242,7 +242,9 @@ def apply_optimizer_settings(optimizer: Any, scheduler: Any, hyperparameters: Ma
     `base_lrs` and the groups' `initial_lr` are set to it and the current lr recomputed at the restored step.
     Sequence values (betas) are stored as tuples, as torch builds them.
     """
-    values = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in hyperparameters.items()}
+    values = {
+        k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in hyperparameters.items()
+    }
     for group in optimizer.param_groups:
         for key, value in values.items():
             if key in group and key not in ("params", "lr"):

@@ -141,8 +141,10 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
 
 def is_run_dir(path: Path) -> bool:
     """Whether `path` looks like a run dir."""
-    return (path / STATUS_FILE).is_file() or (path / "run.json").is_file() or (
-        (path / "checkpoints").is_dir() and (path / "metrics.csv").is_file()
+    return (
+        (path / STATUS_FILE).is_file()
+        or (path / "run.json").is_file()
+        or ((path / "checkpoints").is_dir() and (path / "metrics.csv").is_file())
     )
 
 
@@ -173,7 +175,9 @@ def format_table(runs: Iterable[RunSummary], extra: Mapping[Path, Mapping[str, s
     header = ["run", "state", "step", *extra_cols, *metric_cols]
     lines = [header]
     for r in runs:
-        name = str(r.run_dir.relative_to(root)) if root is not None and r.run_dir.is_relative_to(root) else str(r.run_dir)
+        name = (
+            str(r.run_dir.relative_to(root)) if root is not None and r.run_dir.is_relative_to(root) else str(r.run_dir)
+        )
         steps = "" if r.step is None else f"{r.step}" + (f"/{r.max_steps}" if r.max_steps and r.max_steps > 0 else "")
         cols = extra.get(r.run_dir, {})
         lines.append([name or ".", r.state, steps, *(cols.get(c, "") for c in extra_cols),
