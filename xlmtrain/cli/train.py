@@ -8,27 +8,50 @@ callbacks) are instantiated here and handed to the job built.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.jobs.finetune import FinetuneSettings, PretrainedModel, SyntheticNLI, TaskSettings, finetune
 from xlmtrain.jobs.pretrain import DataSettings, PretrainSettings, SyntheticCorpus, pretrain
+from xlmtrain.cli import run_names
+from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings
+from xlmtrain.training.run_dir import run_id_for
+from xlmtrain.training.run_identity import split_config
+
+run_names.register()  # `${xlmtrain.run_name:...}` in conf/xlmtrain.yaml
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True)
 
 
+def _run_files(cfg: DictConfig) -> dict[str, str]:
+    """The config snapshot Hydra would write (`.hydra/config.yaml`, `overrides.yaml`), written by the job once the
+    run dir is known to be this run's (Hydra's own writing is off: it would overwrite a refused run's snapshot)."""
+    files = {".hydra/config.yaml": OmegaConf.to_yaml(cfg)}
+    if HydraConfig.initialized():
+        files[".hydra/overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(list(HydraConfig.get().overrides.task)))
+    return files
+
+
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     """The pretraining job's settings from a composed config."""
+    resume = cfg.resume.checkpoint or cfg.resume.mode
+    with open_dict(cfg):
+        cfg.run_id = run_id_for(cfg.run_dir, str(resume))  # before the loggers are built: they carry it
+    identity, run_settings = split_config(_plain(cfg), data_fingerprint="")
     model = _plain(cfg.model)
     compile_model = bool(model.pop("compile", False))  # a build switch, not an XLMConfig field
     masking = _plain(cfg.objective.masking)
@@ -37,7 +60,7 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
         run_dir=Path(cfg.run_dir),
         cache_dir=Path(cfg.paths.cache_dir).expanduser(),
         seed=cfg.seed,
-        resume=str(cfg.resume),
+        resume=str(resume),
         export=bool(cfg.export),
         data=DataSettings(
             dir=None if cfg.data.dir is None else Path(cfg.data.dir),
@@ -55,11 +78,18 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
         trainer=instantiate(cfg.trainer, _partial_=True),
         loggers=[instantiate(c) for c in cfg.logger],
         callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        identity=identity,
+        run_settings=run_settings,
+        allow_changes=tuple(cfg.resume.allow_changes),
+        run_id=cfg.run_id,
+        snapshot=_run_files(cfg),
     )
 
 
 def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
     """The fine-tuning job's settings from a composed config."""
+    with open_dict(cfg):
+        cfg.run_id = run_id_for(cfg.run_dir, "never")  # a fine-tuning run starts afresh every time
     synthetic = cfg.data.get("synthetic")
     return FinetuneSettings(
         run_dir=Path(cfg.run_dir),
@@ -94,5 +124,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(conf_dir()), config_name="xlmtrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point of `python -m xlmtrain`."""
-    run(cfg)
+    """Hydra entry point of `python -m xlmtrain`.
+
+    The run dir is Hydra's output dir, so `hydra.run.dir=D` and `run_dir=D` mean the same; in a sweep each job's
+    is `<sweep_dir>/<run_name>`. xlmtrain's own errors are one line `error: ...` and exit code 2
+    (`HYDRA_FULL_ERROR=1` for the traceback); in a sweep a failed job is reported and the sweep goes on.
+    """
+    hydra_cfg = HydraConfig.get()
+    with open_dict(cfg):
+        cfg.run_dir = hydra_cfg.runtime.output_dir
+    quiet_known_noise()
+    route_lightning_logs()
+    with one_line_errors() as failed:
+        run(cfg)
+    if failed.error is not None and hydra_cfg.mode != RunMode.MULTIRUN:
+        sys.exit(2)

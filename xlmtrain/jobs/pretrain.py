@@ -5,7 +5,9 @@
   preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/run.json`,
   expand the streams over the data's languages, build the model config from the data's vocabulary and
   languages, the batch sources, the Lightning module and the trainer.
-- fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`).
+- fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`). The run dir is held and checked first
+  (`training/run_dir.py`: lock, run identity, `resume=never` archive, status); a bad step seen by the numerics
+  guard rolls the run back to its newest checkpoint with that batch skipped (`training/numerics.py`).
 - report: `<run_dir>/checkpoints/last.ckpt`, `<run_dir>/model/` (transformers XLM format, with tokenizer
   files), `<run_dir>/training_curves.png`, and a printed summary of `<run_dir>/metrics.csv`.
 """
@@ -35,7 +37,11 @@ from xlmtrain.objectives.streams import StreamSpec
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
+from xlmtrain.training.numerics import NUMERICS_FILE, NumericsGuard, NumericsRollback, RollbackPlan
 from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
+from xlmtrain.training.run_dir import DATA_KEY, RunDir
+from xlmtrain.training.run_identity import OptimizerSettingsOnResume, data_fingerprint
+from xlmtrain.training.run_lock import launcher_is_rank_zero
 from xlmtrain.training.run_record import record_run
 
 TrainerFactory = Callable[..., pl.Trainer]
@@ -77,7 +83,7 @@ class PretrainSettings:
     """Where generated and preprocessed data is cached (`paths.cache_dir`)."""
     seed: int
     resume: str
-    """auto (newest valid checkpoint in <run_dir>/checkpoints), never, or a .ckpt path."""
+    """auto (the run in run_dir, from its newest valid checkpoint), never (archive it, start anew), or a .ckpt path."""
     export: bool
     """Export <run_dir>/model/ and the training-curve plot at the end."""
     data: DataSettings
@@ -95,6 +101,16 @@ class PretrainSettings:
     """`trainer(logger=..., callbacks=..., plugins=...)` -> `pl.Trainer`."""
     loggers: list[Any] = field(default_factory=list)
     callbacks: list[pl.Callback] = field(default_factory=list)
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    """What defines the run (`training.run_identity.split_config`); setup adds the data content's fingerprint."""
+    run_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The run's other (safe) settings, recorded with its continuations in run.json."""
+    allow_changes: tuple[str, ...] = ()
+    """Identity keys this start may change (`resume.allow_changes`)."""
+    run_id: str | None = None
+    """The loggers' run id (`RunDir.run_id_for`); None: drawn at the run's first start."""
+    snapshot: Mapping[str, str] = field(default_factory=dict)
+    """Files written into the run dir once it is known to be this run's (the config snapshot `.hydra/*.yaml`)."""
 
 
 # ---------------------------------------------------------------- the job
@@ -103,27 +119,74 @@ class PretrainSettings:
 def pretrain(settings: PretrainSettings) -> dict[str, Any]:
     """Run one pretraining job and write its outputs; returns the summary (also printed).
 
-    After a preemption (SIGUSR1/SIGTERM, see `PreemptionCallback`) it returns right after the
-    checkpoint is saved, without the final checkpoint, export or summary: `{"preempted": True, ...}`.
+    Before any work the run dir is taken (`RunLockedError` if another training holds it) and checked
+    (`RunIdentityError` if it holds another run). After a preemption (SIGUSR1/SIGTERM/SIGINT, see
+    `PreemptionCallback`) it returns right after the checkpoint is saved, without the final checkpoint, export
+    or summary: `{"preempted": True, ...}`. A bad step (`NumericsGuard`) rolls back to the newest checkpoint and
+    skips its batch; past the guard's `max_rollbacks`, `NumericsStopped`. `status.json` says how it ended.
     """
-    module, trainer, data = setup(settings)
-    fit(settings, module, trainer)
-    if _preempted(trainer):
-        return {"run_dir": str(settings.run_dir), "steps": trainer.global_step, "preempted": True}
-    return report(settings, module, trainer, data)
+    with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero(), logs=LOG_FILES) as run:
+        run.start(settings.resume, settings.allow_changes, dict(settings.identity), dict(settings.run_settings),
+                  data_known=False, run_id=settings.run_id, snapshot=settings.snapshot)  # fmt: skip
+        with run.reporting(max_steps=_max_steps(settings)) as status:
+            module, trainer, data = _fit_with_rollbacks(settings, run)
+            if _preempted(trainer):
+                status.ended("preempted", trainer.global_step, "stopped on a signal; the same command resumes it")
+                return {"run_dir": str(settings.run_dir), "steps": trainer.global_step, "preempted": True}
+            summary = report(settings, module, trainer, data)
+            status.ended("finished", trainer.global_step)
+            return summary
 
 
-def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
-    """The module (model, streams, batch sources), the trainer and the data of a run."""
+LOG_FILES = ("train.log",)
+"""Log files the CLI keeps open in the run dir (`resume=never` copies and empties them instead of moving them)."""
+
+
+def _max_steps(settings: PretrainSettings) -> int | None:
+    return getattr(settings.trainer, "keywords", {}).get("max_steps")
+
+
+def _fit_with_rollbacks(settings: PretrainSettings, run: RunDir) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
+    """setup + fit; on `NumericsRollback` record it, rebuild and resume from the newest checkpoint (every checkpoint
+    on disk was checked by the guard before it was written), with the bad batch skipped."""
+    guard = next((c for c in settings.callbacks if isinstance(c, NumericsGuard)), None)
+    plan = RollbackPlan(settings.run_dir, guard.max_rollbacks if guard else 0, write=run.rank_zero)
+    checkpoint = None
+    while True:
+        module, trainer, data = setup(settings, run, skip_batches=plan.skip_batches)
+        if checkpoint is None and not plan.rollbacks:
+            checkpoint = run.started.checkpoint
+        try:
+            fit(settings, module, trainer, checkpoint)
+            return module, trainer, data
+        except NumericsRollback as error:
+            found = find_resume_checkpoint(settings.run_dir / "checkpoints")
+            checkpoint = str(found) if found else None
+            step = validated_step(found) if found else 0
+            plan.roll_back(error, step)  # NumericsStopped past max_rollbacks
+            if run.rank_zero:
+                print(f"[xlmtrain] {error}; rolling back to step {step} and skipping batch {error.bad.batch} "
+                      f"(rollback {plan.rollbacks} of at most {plan.max_rollbacks}; {settings.run_dir / NUMERICS_FILE})",
+                      flush=True)  # fmt: skip
+
+
+def setup(settings: PretrainSettings, run: RunDir | None = None, *, skip_batches: frozenset[int] = frozenset()
+          ) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:  # fmt: skip
+    """The module (model, streams, batch sources), the trainer and the data of a run. With `run`, the data
+    content is checked against the run's identity (and recorded) as soon as it is known."""
     pl.seed_everything(settings.seed, workers=True)
     data = PreprocessedData(resolve_data(settings.data, settings.cache_dir))
+    if run is not None and not run.confirmed:
+        run.start(settings.resume, settings.allow_changes, {**settings.identity, DATA_KEY: data_fingerprint(data.directory)},
+                  dict(settings.run_settings), run_id=settings.run_id)  # fmt: skip
     specs = expand_streams(settings.streams, data)
     config = model_config(settings.model, data)
     dico = data.dictionary
     common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.masking,
                   mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
     train = PretrainBatches(
-        specs, data, counts=dico.counts, lg_sampling_factor=settings.lg_sampling_factor, seed=settings.seed, **common
+        specs, data, counts=dico.counts, lg_sampling_factor=settings.lg_sampling_factor, seed=settings.seed,
+        skip_batches=skip_batches, **common,
     )
     valid = ValidBatches(specs, data, **common)
     module = PretrainModule(
@@ -136,9 +199,11 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     )
     if settings.compile:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
+    # On a resume the config's optimizer settings (an allowed new lr) hold from the resume step on.
+    resumed_settings = OptimizerSettingsOnResume(getattr(settings.optimizer, "keywords", {}))
     trainer = settings.trainer(
         logger=list(settings.loggers),
-        callbacks=list(settings.callbacks),
+        callbacks=[*settings.callbacks, resumed_settings],
         plugins=[AtomicCheckpointIO(), *cluster_environment_plugins()],
     )
     if trainer.is_global_zero:
@@ -146,9 +211,8 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     return module, trainer, data
 
 
-def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer) -> None:
-    """Train, from the checkpoint `settings.resume` names (if any)."""
-    ckpt_path = resume_path(settings.resume, settings.run_dir / "checkpoints")
+def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer, ckpt_path: str | None) -> None:
+    """Train, from `ckpt_path` (None: from scratch)."""
     metrics = settings.run_dir / "metrics.csv"
     if trainer.is_global_zero:
         if ckpt_path is None:
@@ -272,15 +336,3 @@ def model_config(sizes: Mapping[str, Any], data: PreprocessedData) -> XLMConfig:
         id2lang={i: lang for lang, i in lang2id.items()},
         embed_init_std=sizes["emb_dim"] ** -0.5,
     )
-
-
-def resume_path(resume: str, ckpt_dir: Path) -> str | None:
-    """`auto`: newest valid checkpoint in `ckpt_dir` (None if none); `never`: None; else a .ckpt path."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        found = find_resume_checkpoint(ckpt_dir)
-        return str(found) if found else None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint (use auto, never or a .ckpt path)")
-    return resume
