@@ -177,7 +177,7 @@ def test_resume_never_archives_and_the_next_start_resumes_the_new_run(synthetic_
     assert third["run_id"] == second["run_id"]  # the loggers' id is kept by a continuation
     summary = subprocess.run([sys.executable, "-m", "xlmtrain.runs", str(run_dir)], capture_output=True, text=True,
                              check=True, env=_env()).stdout  # fmt: skip
-    assert re.search(r"^\.\s+finished\s+8/8", summary, re.M) and re.search(r"^previous-\S+\s+finished\s+6/6", summary, re.M)
+    assert re.search(r"^\.\s+finished\s+8/8", summary, re.MULTILINE) and re.search(r"^previous-\S+\s+finished\s+6/6", summary, re.MULTILINE)
 
 
 @pytest.mark.slow

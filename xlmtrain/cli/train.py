@@ -8,7 +8,6 @@ callbacks) are instantiated here and handed to the job built.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +19,23 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xlmtrain.config_dir import conf_dir
-from xlmtrain.data.pipeline import PreprocessSettings
-from xlmtrain.jobs.finetune import FinetuneSettings, PretrainedModel, SyntheticNLI, TaskSettings, finetune
-from xlmtrain.jobs.pretrain import DataSettings, PretrainSettings, SyntheticCorpus, pretrain
 from xlmtrain.cli import run_names
 from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
+from xlmtrain.config_dir import conf_dir
+from xlmtrain.data.pipeline import PreprocessSettings
+from xlmtrain.jobs.finetune import (
+    FinetuneSettings,
+    PretrainedModel,
+    SyntheticNLI,
+    TaskSettings,
+    finetune,
+)
+from xlmtrain.jobs.pretrain import (
+    DataSettings,
+    PretrainSettings,
+    SyntheticCorpus,
+    pretrain,
+)
 from xlmtrain.objectives.data import BatchSettings, MaskingSettings
 from xlmtrain.training.run_dir import run_id_for
 from xlmtrain.training.run_identity import split_config

@@ -31,14 +31,33 @@ from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.model.config import XLMConfig
-from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
-from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
+from xlmtrain.objectives.data import (
+    BatchSettings,
+    MaskingSettings,
+    PretrainBatches,
+    ValidBatches,
+)
+from xlmtrain.objectives.pretrain import (
+    OptimizerFactory,
+    PretrainModule,
+    SchedulerFactory,
+)
 from xlmtrain.objectives.streams import StreamSpec
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
+from xlmtrain.training.numerics import (
+    NUMERICS_FILE,
+    NumericsGuard,
+    NumericsRollback,
+    RollbackPlan,
+)
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
+from xlmtrain.training.progress import StepProgressBar
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
-from xlmtrain.training.numerics import NUMERICS_FILE, NumericsGuard, NumericsRollback, RollbackPlan
-from xlmtrain.training.resume import find_resume_checkpoint, truncate_metrics_csv, validated_step
+from xlmtrain.training.resume import (
+    find_resume_checkpoint,
+    truncate_metrics_csv,
+    validated_step,
+)
 from xlmtrain.training.run_dir import DATA_KEY, RunDir
 from xlmtrain.training.run_identity import OptimizerSettingsOnResume, data_fingerprint
 from xlmtrain.training.run_lock import launcher_is_rank_zero
@@ -200,10 +219,12 @@ def setup(settings: PretrainSettings, run: RunDir | None = None, *, skip_batches
     if settings.compile:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
     # On a resume the config's optimizer settings (an allowed new lr) hold from the resume step on.
-    resumed_settings = OptimizerSettingsOnResume(getattr(settings.optimizer, "keywords", {}))
+    extra: list[pl.Callback] = [OptimizerSettingsOnResume(getattr(settings.optimizer, "keywords", {}))]
+    if getattr(settings.trainer, "keywords", {}).get("enable_progress_bar", True):
+        extra.append(StepProgressBar())  # step / max_steps, not batches of an epoch the stream mixture lacks
     trainer = settings.trainer(
         logger=list(settings.loggers),
-        callbacks=[*settings.callbacks, resumed_settings],
+        callbacks=[*settings.callbacks, *extra],
         plugins=[AtomicCheckpointIO(), *cluster_environment_plugins()],
     )
     if trainer.is_global_zero:

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from xlmtrain.training.numerics import NumericsStopped
 from xlmtrain.training.run_identity import (
     Continuation,
     RunRecord,
@@ -46,7 +47,6 @@ from xlmtrain.training.run_identity import (
 )
 from xlmtrain.training.run_lock import LOCK_FILE, RunLock
 from xlmtrain.training.run_status import write_status
-from xlmtrain.training.numerics import NumericsStopped
 
 log = logging.getLogger(__name__)
 
