@@ -33,7 +33,7 @@ from xlmtrain.tasks.readers import Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
-from xlmtrain.training.run_dir import RunDir
+from xlmtrain.training.run_dir import RunDir, closing_loggers
 from xlmtrain.training.run_lock import launcher_is_rank_zero
 from xlmtrain.training.run_record import read_run_record
 
@@ -152,7 +152,8 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     The run dir is held for the job (`RunLockedError` if another training holds it) and `status.json` records
     how it ended; a fine-tuning run always starts afresh (its best checkpoint and metrics.csv are replaced).
     """
-    with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero()) as run, run.reporting() as status:
+    with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero()) as run, run.reporting() as status, \
+            closing_loggers(settings.loggers):
         pl.seed_everything(settings.seed, workers=True)
         job = setup(settings)
         trainer, best = _trainer(settings)

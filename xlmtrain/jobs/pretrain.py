@@ -58,7 +58,7 @@ from xlmtrain.training.resume import (
     truncate_metrics_csv,
     validated_step,
 )
-from xlmtrain.training.run_dir import DATA_KEY, RunDir
+from xlmtrain.training.run_dir import DATA_KEY, RunDir, closing_loggers
 from xlmtrain.training.run_identity import OptimizerSettingsOnResume, data_fingerprint
 from xlmtrain.training.run_lock import launcher_is_rank_zero
 from xlmtrain.training.run_record import record_run
@@ -147,7 +147,7 @@ def pretrain(settings: PretrainSettings) -> dict[str, Any]:
     with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero(), logs=LOG_FILES) as run:
         run.start(settings.resume, settings.allow_changes, dict(settings.identity), dict(settings.run_settings),
                   data_known=False, run_id=settings.run_id, snapshot=settings.snapshot)  # fmt: skip
-        with run.reporting(max_steps=_max_steps(settings)) as status:
+        with run.reporting(max_steps=_max_steps(settings)) as status, closing_loggers(settings.loggers):
             module, trainer, data = _fit_with_rollbacks(settings, run)
             if _preempted(trainer):
                 status.ended("preempted", trainer.global_step, "stopped on a signal; the same command resumes it")

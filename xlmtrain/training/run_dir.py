@@ -241,6 +241,19 @@ class RunDir:
             record(status.state, status.step, status.message)
 
 
+@contextmanager
+def closing_loggers(loggers: list[Any]) -> Iterator[None]:
+    """End the loggers' runs when the job ends: wandb keeps one global run per process, and the next job of the
+    same process (a notebook, a test) would otherwise log into this run whatever id it was given."""
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            experiment = getattr(logger, "_experiment", None)
+            if type(logger).__name__ == "WandbLogger" and experiment is not None:
+                experiment.finish()
+
+
 def _checkpoint_step(checkpoint: str | None) -> int:
     if checkpoint is None:
         return 0
