@@ -103,8 +103,8 @@ def test_alignment_streams_with_gathered_negatives_match_one_process(synthetic_p
     pairs each take the 1-process steps of the 8-pair batch, and XLCo's queue holds the same keys."""
     one, two = tmp_path / "one", tmp_path / "two"
     run([*tiny_overrides(synthetic_prep, one, "tlm_align"), *RUN, *ALIGN], tmp_path, timeout=900)
-    run([*tiny_overrides(synthetic_prep, two, "tlm_align"), *RUN, *ALIGN, "trainer=ddp", "trainer.accelerator=cpu",
-         "trainer.devices=2"], tmp_path, timeout=900)  # fmt: skip
+    run([*tiny_overrides(synthetic_prep, two, "tlm_align"), *RUN, *ALIGN, *CPU_DDP, "trainer.devices=2"], tmp_path,
+        timeout=900)  # fmt: skip
     a, b = train_rows(one), train_rows(two)
     assert {k for r in a for k in r if k.endswith(("trans_rank_loss", "xlco_loss"))} == {
         "train_io-vo_trans_rank_loss", "train_io-vo_xlco_loss"}

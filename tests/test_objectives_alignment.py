@@ -134,7 +134,7 @@ def test_pair_batch_and_rank_rows() -> None:
     assert last.src_ids.tolist() == [[1, 5, 1]] and last.tgt_ids.tolist() == [[1, 3, 1]]
     first = pair_rank_rows(batch, 0, 2)
     assert first.src_ids.shape == (2, 4) and first.tgt_ids.shape == (2, 5)
-    with pytest.raises(ValueError, match="batch 7 has 3 pairs for 4 ranks"):
+    with pytest.raises(ValueError, match="batch 7 has 3 rows for 4 ranks"):
         pair_rank_rows(batch, 0, 4, where="batch 7")
     assert shard_sizes(5, 2) == [3, 2] and shard_sizes(4, 3) == [2, 1, 1]
 

@@ -78,14 +78,14 @@ class StreamSettings:
     (`expand_langs`); `expand_streams` turns it into `StreamSpec`s."""
 
     objective: str
-    """clm, mlm or tlm."""
+    """clm, mlm, tlm, or an alignment objective on a pair (trans_rank, xlco)."""
     langs: str | tuple[str, ...]
     """A language (`en`), an ordered pair (`en-fr`), `*` (every language), `*-*` (every stored pair),
     `*<->*` (both directions of every pair), or a list of these (XLM's `--mlm_steps` list)."""
-    lambda_: str | float
-    """Loss coefficient: a constant or an XLM schedule such as `'0:1,1000:0.5'`."""
-    weight: float
-    """Relative sampling weight among streams (before language smoothing)."""
+    lambda_: str | float = StreamSpec.lambda_
+    """Loss coefficient: a constant or an XLM schedule such as `'0:1,1000:0.5'` (default: StreamSpec's, 1)."""
+    weight: float = StreamSpec.weight
+    """Relative sampling weight among streams, before language smoothing (default: StreamSpec's, 1)."""
 
 
 @dataclass(frozen=True)

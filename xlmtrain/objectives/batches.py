@@ -145,18 +145,24 @@ def pair_batch(
     return PairBatch(x1, len1, constant_langs(x1, lang1_id), x2, len2, constant_langs(x2, lang2_id), x1.shape[0])
 
 
+def rank_row_range(bs: int, rank: int, world_size: int, *, where: str = "batch") -> tuple[int, int]:
+    """Rows `[lo, hi)` of a global batch of `bs` rows that rank `rank` of `world_size` trains on: the contiguous
+    slice `torch.tensor_split` gives it. Raises ValueError naming `where` if a rank would get no rows."""
+    if bs < world_size:
+        raise ValueError(
+            f"{where} has {bs} rows for {world_size} ranks: raise data.batching.batch_size (or tokens_per_batch)"
+        )
+    rows = torch.tensor_split(torch.arange(bs), world_size)[rank]
+    return int(rows[0]), int(rows[-1]) + 1
+
+
 def pair_rank_rows(batch: PairBatch, rank: int, world_size: int, *, where: str = "batch") -> PairBatch:
     """Rank `rank`'s contiguous slice of a global `PairBatch` (the rows `torch.tensor_split` gives it), each side's
     trailing all-pad columns dropped. Raises ValueError naming `where` if a rank would get no rows."""
     if world_size == 1:
         return batch
     bs = batch.src_ids.shape[0]
-    if bs < world_size:
-        raise ValueError(
-            f"{where} has {bs} pairs for {world_size} ranks: raise data.batching.batch_size (or tokens_per_batch)"
-        )
-    rows = torch.tensor_split(torch.arange(bs), world_size)[rank]
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    lo, hi = rank_row_range(bs, rank, world_size, where=where)
     s1, s2 = int(batch.src_lengths[lo:hi].max()), int(batch.tgt_lengths[lo:hi].max())
     return PairBatch(
         batch.src_ids[lo:hi, :s1], batch.src_lengths[lo:hi], batch.src_langs[lo:hi, :s1],

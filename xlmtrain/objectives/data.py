@@ -41,6 +41,7 @@ from xlmtrain.objectives.batches import (
     next_token_targets,
     pair_batch,
     pair_rank_rows,
+    rank_row_range,
     with_host_layout,
 )
 from xlmtrain.objectives.masking import mask_tokens, mask_tokens_eval, sampling_weights
@@ -183,13 +184,7 @@ def rank_rows(batch: LMBatch, rank: int, world_size: int, *, where: str = "batch
     """
     if world_size == 1:
         return batch
-    bs = batch.input_ids.shape[0]
-    if bs < world_size:
-        raise ValueError(
-            f"{where} has {bs} rows for {world_size} ranks: raise data.batching.batch_size (or tokens_per_batch)"
-        )
-    rows = torch.tensor_split(torch.arange(bs), world_size)[rank]
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    lo, hi = rank_row_range(batch.input_ids.shape[0], rank, world_size, where=where)
     slen = int(batch.lengths[lo:hi].max())
     per_row = batch.pred_mask.sum(dim=1)  # (bs,)
     t_lo, t_hi = int(per_row[:lo].sum()), int(per_row[:hi].sum())
