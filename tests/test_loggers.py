@@ -24,3 +24,25 @@ def test_logger_writes_offline(synthetic_prep: Path, tmp_path: Path, monkeypatch
     else:
         offline_runs = list(run.rglob("offline-run-*"))
         assert offline_runs and list(offline_runs[0].glob("*.wandb")), "no offline wandb run"
+
+
+def test_wandb_run_id_is_the_runs_own_and_kept_on_resume(synthetic_prep: Path, tmp_path: Path, monkeypatch) -> None:
+    """Each run gets its own wandb id (run.json's run_id, not the run name every `+recipe=mlm` run shares); a
+    continuation appends to it; `resume=never` starts a new wandb run."""
+    import json
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run = tmp_path / "run"
+
+    def start(*extra: str) -> str:
+        run_job(_cfg(synthetic_prep, run, "mlm", "logger=wandb", "export=false", *extra))
+        return json.loads((run / "run.json").read_text())["run_id"]
+
+    first = start("trainer.max_steps=2")
+    assert first.startswith("run-") and first != "mlm"
+    assert start("trainer.max_steps=3") == first  # resumed: same wandb run
+    third = start("trainer.max_steps=2", "resume=never")
+    assert third != first
+    ids = sorted(p.name.rsplit("-", 1)[-1] for p in run.rglob("offline-run-*") if p.is_dir())
+    assert set(ids) >= {first.rsplit("-", 1)[-1], third.rsplit("-", 1)[-1]}, ids

@@ -137,7 +137,7 @@ def test_a_nan_step_never_reaches_a_checkpoint(synthetic_prep: Path, tmp_path: P
     step the newest is step 6 (the state before the bad step), and every checkpoint is finite."""
     run_dir = tmp_path / "run"
     cfg = _cfg(synthetic_prep, run_dir, "trainer.max_steps=20", f"checkpoint.every_n_train_steps={every}",
-               "+callbacks.fault._target_=tests.numerics_faults.PoisonAtBatch", "+callbacks.fault.batch=6")  # fmt: skip
+               "+callbacks.fault._target_=tests.numerics_faults.PoisonAtBatch", "+callbacks.fault.batches=[6]")  # fmt: skip
     module, trainer, _ = setup(pretrain_settings(cfg))
     with pytest.raises(NumericsRollback) as error:
         trainer.fit(module)

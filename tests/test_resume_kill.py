@@ -135,18 +135,19 @@ def test_sigkill_with_alignment_streams_then_restart_is_bit_identical(synthetic_
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
 
 
-def test_sigterm_saves_exits_zero_and_the_next_start_resumes(synthetic_prep: Path, tmp_path: Path,
-                                                            reference: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C does the same
+def test_sigterm_saves_exits_zero_and_the_next_start_resumes(synthetic_prep: Path, tmp_path: Path, reference: Path,
+                                                            signum: signal.Signals) -> None:  # fmt: skip
     run_dir = tmp_path / "run"
     proc = start(_args(synthetic_prep, run_dir), tmp_path)
     _wait_for_step(proc, run_dir, 3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
     saved = run_dir / "checkpoints" / "last.ckpt"
     step = validated_step(saved)
     assert 3 < step < MAX_STEPS
-    assert f"SIGTERM at step {step}: saved {saved}; run the same command again to resume from it" in out
+    assert f"{signum.name} at step {step}: saved {saved}; run the same command again to resume from it" in out
     assert not (run_dir / "model").exists(), "a preempted run does not export"
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     # last.ckpt written once at the signal (no last-v1.ckpt), besides any best-*.ckpt of earlier validations.

@@ -7,6 +7,12 @@ reads the pretraining/fine-tuning config. The whole composed config is checked f
 type, in our settings or in the arguments of a `_target_` node, exits with code 2 and one line
 (`error: data.batching.batch_size: expected int, got 1.5 (float)`). Then the `_target_` nodes (optimizer and
 scheduler factories, the Trainer as a partial, loggers, callbacks) are instantiated and the job runs.
+
+The run dir is Hydra's output dir, so `hydra.run.dir=D` and `run_dir=D` mean the same; in a sweep (`-m`) each
+job's is `<sweep_dir>/<run_name>`, named from its overrides (`cli/run_names.py`), and a table of the jobs ends
+the sweep (`cli/sweep.py`). The run's identity (`training/run_identity.py`) is computed here from the composed
+config and checked by the job against the run dir before any work. xlmtrain's own errors are one line
+`error: ...` with exit code 2 (`cli/errors.py`; `HYDRA_FULL_ERROR=1` for the traceback).
 """
 
 from __future__ import annotations
@@ -15,18 +21,26 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from xlmtrain.cli import run_names
+from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
 from xlmtrain.config_dir import conf_dir
 from xlmtrain.jobs.finetune import FinetuneSettings, PretrainedModel, TaskSettings, finetune
 from xlmtrain.jobs.pretrain import DataSettings, ObjectiveSettings, PretrainSettings, pretrain
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.settings import SettingsError, check_call, typed
+from xlmtrain.training.run_dir import run_id_for
+from xlmtrain.training.run_identity import split_config
+
+run_names.register()  # `${xlmtrain.run_name:...}` in conf/xlmtrain.yaml
 
 # ---------------------------------------------------------------- the config tree's schema
 
@@ -57,6 +71,18 @@ class Optim:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """`resume` (conf/resume/*.yaml): which run a start continues."""
+
+    mode: Literal["auto", "never"]
+    """auto: continue the run in run_dir (same identity, or safe changes); never: archive it and start anew."""
+    allow_changes: tuple[str, ...] = ()
+    """Identity keys this start may change (e.g. `[optim.optimizer.lr]`: the new lr applies from the resume step)."""
+    checkpoint: Path | None = None
+    """Resume from this .ckpt file instead of the newest valid checkpoint in <run_dir>/checkpoints."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The keys of conf/xlmtrain.yaml every job has."""
 
@@ -64,8 +90,11 @@ class RunConfig:
     """pretrain, or finetune (+recipe=xnli, +recipe=token_classification)."""
     run_name: str
     run_dir: Path
-    resume: str
-    """Pretraining: auto, never, or a .ckpt path (fine-tuning always starts afresh)."""
+    sweep_dir: Path
+    """A sweep's jobs go to <sweep_dir>/<run_name>, its table to <sweep_dir>/sweep.txt."""
+    run_id: str | None
+    """The loggers' run id; set here from <run_dir>/run.json (kept by a continuation, new for a new run)."""
+    resume: Resume
     seed: int
     checkpoint: Checkpointing
     export: bool
@@ -104,6 +133,10 @@ class FinetuneConfig(RunConfig):
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     """The pretraining job's settings from a composed config; `SettingsError` (one line) on a bad key or value."""
     config = typed(PretrainConfig, _plain(cfg), "")
+    resume = str(config.resume.checkpoint or config.resume.mode)
+    with open_dict(cfg):
+        cfg.run_id = run_id_for(config.run_dir, resume)  # before the loggers are built: they carry it
+    identity, run_settings = split_config(_plain(cfg), data_fingerprint="")
     _check_targets(config)
     model = dict(config.model)
     embed_init_std = model.pop("embed_init_std", None)
@@ -114,7 +147,7 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
         run_dir=config.run_dir,
         cache_dir=config.paths.cache_dir.expanduser(),
         seed=config.seed,
-        resume=config.resume,
+        resume=resume,
         export=config.export,
         compile=config.compile,
         data=config.data,
@@ -126,6 +159,11 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
         trainer=instantiate(cfg.trainer, _partial_=True),
         loggers=[instantiate(c) for c in cfg.logger],
         callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        identity=identity,
+        run_settings=run_settings,
+        allow_changes=config.resume.allow_changes,
+        run_id=cfg.run_id,
+        snapshot=_run_files(cfg),
     )
 
 
@@ -135,6 +173,8 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
     if config.optim.head_lr is None:
         raise SettingsError("optim.head_lr: missing (expected float)")
     _check_targets(config)
+    with open_dict(cfg):
+        cfg.run_id = run_id_for(config.run_dir, "never")  # a fine-tuning run starts afresh every time
     return FinetuneSettings(
         run_dir=config.run_dir,
         seed=config.seed,
@@ -155,6 +195,15 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
         raise SettingsError(f"{error.full_key}: missing (set it on the command line)") from None
+
+
+def _run_files(cfg: DictConfig) -> dict[str, str]:
+    """The config snapshot Hydra would write (`.hydra/config.yaml`, `overrides.yaml`), written by the job once the
+    run dir is known to be this run's (Hydra's own writing is off: it would overwrite a refused run's snapshot)."""
+    files = {".hydra/config.yaml": OmegaConf.to_yaml(cfg)}
+    if HydraConfig.initialized():
+        files[".hydra/overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(list(HydraConfig.get().overrides.task)))
+    return files
 
 
 def _check_targets(config: RunConfig) -> None:
@@ -196,10 +245,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(conf_dir()), config_name="xlmtrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point of `python -m xlmtrain`; a bad setting exits with code 2 and one line on stderr."""
-    try:
-        job, settings = job_and_settings(cfg)
-    except SettingsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    job(settings)
+    """Hydra entry point of `python -m xlmtrain`: xlmtrain's own errors (a bad setting, data, checkpoint, a run dir
+    holding another run or held by another training) exit with code 2 and one line on stderr; in a sweep a failed
+    job is reported and the sweep goes on."""
+    hydra_cfg = HydraConfig.get()
+    with open_dict(cfg):
+        cfg.run_dir = hydra_cfg.runtime.output_dir  # hydra.run.dir=D moves the whole run, as run_dir=D does
+    quiet_known_noise()
+    route_lightning_logs()
+    with one_line_errors() as failed:
+        run(cfg)
+    if failed.error is not None and hydra_cfg.mode != RunMode.MULTIRUN:
+        sys.exit(2)

@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from xlmtrain.interop.original import safe_torch_load
 from xlmtrain.interop.weights import BASE_PREFIX, CheckpointError, exportable_state_dict
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import HF_ARCHITECTURES, XLMHeadModel
@@ -64,7 +64,9 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
             state = load_file(str(file))
         else:
             file = path / BIN_FILE
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            # The allow-listed unpickler: a refused global is one error naming it, without torch's advice to
+            # set weights_only=False (never to be followed for a downloaded file).
+            state = safe_torch_load(file)
     except (SafetensorError, RuntimeError, OSError) as err:
         raise CheckpointError(f"{file}: cannot read weights: {err}") from None
     if not any(k.startswith(BASE_PREFIX) for k in state):

@@ -35,6 +35,8 @@ from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.run_data import read_run_data
+from xlmtrain.training.run_dir import RunDir, closing_loggers
+from xlmtrain.training.run_lock import launcher_is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +153,21 @@ class _Setup:
 
 
 def finetune(settings: FinetuneSettings) -> dict[str, Any]:
-    """Run one fine-tuning job; returns the summary (results by split and language)."""
-    pl.seed_everything(settings.seed, workers=True)
-    enable_tf32_on_cuda()
-    job = setup(settings)
-    trainer, best = _trainer(settings)
-    fit(job, trainer, best)
-    return report(settings, job, trainer, best)
+    """Run one fine-tuning job; returns the summary (results by split and language).
+
+    The run dir is held for the job (`RunLockedError` if another training holds it) and `status.json` records
+    how it ended.
+    """
+    with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero()) as run, run.reporting() as status:
+        with closing_loggers(settings.loggers):
+            pl.seed_everything(settings.seed, workers=True)
+            enable_tf32_on_cuda()
+            job = setup(settings)
+            trainer, best = _trainer(settings)
+            fit(job, trainer, best)
+            summary = report(settings, job, trainer, best)
+        status.ended("finished", trainer.global_step)
+        return summary
 
 
 def setup(settings: FinetuneSettings) -> _Setup:

@@ -5,7 +5,9 @@
   preprocess it into the cache; a folder with manifest.json: use it), record it in `<run_dir>/data.json`,
   expand the streams over the data's languages, build the model config from the data's vocabulary and
   languages, the batch sources, the Lightning module and the trainer.
-- fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`).
+- fit: train, resuming from `<run_dir>/checkpoints` by default (`resume`). The run dir is held and checked first
+  (`training/run_dir.py`: lock, run identity, `resume=never` archive, status); a bad step seen by the numerics
+  guard rolls the run back to its newest checkpoint with that batch skipped (`training/numerics.py`).
 - report: `<run_dir>/checkpoints/last.ckpt`, `<run_dir>/model/` (transformers XLM format, with tokenizer
   files), `<run_dir>/training_curves.png`, and a printed summary of `<run_dir>/metrics.csv`.
 """
@@ -18,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,11 +37,22 @@ from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBat
 from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
 from xlmtrain.objectives.streams import StreamSpec, expand_langs
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
+from xlmtrain.training.numerics import NUMERICS_FILE, NumericsGuard, NumericsRollback, RollbackPlan
 from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.preemption import PreemptionCallback, cluster_environment_plugins
+from xlmtrain.training.progress import StepProgressBar
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
-from xlmtrain.training.resume import ResumeAgreement, find_resume_checkpoint, truncate_metrics_csv, validated_step
+from xlmtrain.training.resume import (
+    LoggingStepOnResume,
+    ResumeAgreement,
+    find_resume_checkpoint,
+    truncate_metrics_csv,
+    validated_step,
+)
 from xlmtrain.training.run_data import write_run_data
+from xlmtrain.training.run_dir import DATA_KEY, RunDir, closing_loggers
+from xlmtrain.training.run_identity import OptimizerSettingsOnResume, data_fingerprint
+from xlmtrain.training.run_lock import launcher_is_rank_zero
 
 TrainerFactory = Callable[..., pl.Trainer]
 
@@ -119,7 +132,7 @@ class PretrainSettings:
     seed: int
     """Seeds model init, data order, stream choice and masking."""
     resume: str
-    """auto (newest valid checkpoint in <run_dir>/checkpoints), never, or a .ckpt path."""
+    """auto (the run in run_dir, from its newest valid checkpoint), never (archive it, start anew), or a .ckpt path."""
     export: bool
     """Export <run_dir>/model/ and the training-curve plot at the end."""
     compile: bool
@@ -137,6 +150,16 @@ class PretrainSettings:
     """`trainer(logger=..., callbacks=..., plugins=...)` -> `pl.Trainer`."""
     loggers: list[Any] = field(default_factory=list)
     callbacks: list[pl.Callback] = field(default_factory=list)
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    """What defines the run (`training.run_identity.split_config`); setup adds the data content's fingerprint."""
+    run_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The run's other (safe) settings, recorded with its continuations in run.json."""
+    allow_changes: tuple[str, ...] = ()
+    """Identity keys this start may change (`resume.allow_changes`)."""
+    run_id: str | None = None
+    """The loggers' run id (`run_dir.run_id_for`); None: drawn at the run's first start."""
+    snapshot: Mapping[str, str] = field(default_factory=dict)
+    """Files written into the run dir once it is known to be this run's (the config snapshot `.hydra/*.yaml`)."""
 
 
 # ---------------------------------------------------------------- the job
@@ -145,21 +168,70 @@ class PretrainSettings:
 def pretrain(settings: PretrainSettings) -> dict[str, Any]:
     """Run one pretraining job and write its outputs; returns the summary (also printed).
 
-    After a preemption (SIGUSR1/SIGTERM, see `PreemptionCallback`) it returns right after the
-    checkpoint is saved, without the final checkpoint, export or summary: `{"preempted": True, ...}`.
+    Before any work the run dir is taken (`RunLockedError` if another training holds it) and checked
+    (`RunIdentityError` if it holds another run). After a preemption (SIGUSR1/SIGTERM/SIGINT, see
+    `PreemptionCallback`) it returns right after the checkpoint is saved, without the final checkpoint, export
+    or summary: `{"preempted": True, ...}`. A bad step (`NumericsGuard`) rolls back to the newest checkpoint and
+    skips its batch; past the guard's `max_rollbacks`, `NumericsStopped`. `status.json` says how it ended.
     """
-    module, trainer, data = setup(settings)
-    fit(settings, module, trainer)
-    if _preempted(trainer):
-        return {"run_dir": str(settings.run_dir), "steps": trainer.global_step, "preempted": True}
-    return report(settings, module, trainer, data)
+    with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero(), logs=LOG_FILES) as run:
+        run.start(settings.resume, settings.allow_changes, dict(settings.identity), dict(settings.run_settings),
+                  data_known=False, run_id=settings.run_id, snapshot=settings.snapshot)  # fmt: skip
+        with run.reporting(max_steps=_max_steps(settings)) as status, closing_loggers(settings.loggers):
+            module, trainer, data = _fit_with_rollbacks(settings, run)
+            if _preempted(trainer):
+                status.ended("preempted", trainer.global_step, "stopped on a signal; the same command resumes it")
+                return {"run_dir": str(settings.run_dir), "steps": trainer.global_step, "preempted": True}
+            summary = report(settings, module, trainer, data)
+            status.ended("finished", trainer.global_step)
+            return summary
 
 
-def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
-    """The module (model, streams, batch sources), the trainer and the data of a run."""
+LOG_FILES = ("train.log",)
+"""Log files the CLI keeps open in the run dir (`resume=never` copies and empties them instead of moving them)."""
+
+
+def _max_steps(settings: PretrainSettings) -> int | None:
+    return getattr(settings.trainer, "keywords", {}).get("max_steps")
+
+
+def _fit_with_rollbacks(settings: PretrainSettings, run: RunDir) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
+    """setup + fit; on `NumericsRollback` record it, rebuild and resume from the newest checkpoint (every checkpoint
+    on disk was checked by the guard before it was written), with the bad batch skipped."""
+    guard = next((c for c in settings.callbacks if isinstance(c, NumericsGuard)), None)
+    plan = RollbackPlan(settings.run_dir, guard.max_rollbacks if guard else 0, write=run.rank_zero)
+    checkpoint = None
+    while True:
+        module, trainer, data = setup(settings, run, skip_batches=plan.skip_batches)
+        if checkpoint is None and not plan.rollbacks:
+            checkpoint = run.started.checkpoint
+        try:
+            fit(settings, module, trainer, checkpoint)
+            return module, trainer, data
+        except NumericsRollback as error:
+            found = find_resume_checkpoint(settings.run_dir / "checkpoints")
+            checkpoint = str(found) if found else None
+            step = validated_step(found) if found else 0
+            plan.roll_back(error, step)  # NumericsStopped past max_rollbacks
+            if run.rank_zero:
+                print(f"[xlmtrain] {error}; rolling back to step {step} and skipping batch {error.bad.batch} "
+                      f"(rollback {plan.rollbacks} of at most {plan.max_rollbacks}; {settings.run_dir / NUMERICS_FILE})",
+                      flush=True)  # fmt: skip
+
+
+def setup(
+    settings: PretrainSettings, run: RunDir | None = None, *, skip_batches: frozenset[int] = frozenset()
+) -> tuple[PretrainModule, pl.Trainer, PreprocessedData]:
+    """The module (model, streams, batch sources), the trainer and the data of a run. With `run`, the data
+    content is checked against the run's identity (and recorded) as soon as it is known."""
     pl.seed_everything(settings.seed, workers=True)
     enable_tf32_on_cuda()
     data = PreprocessedData(resolve_data(settings.data, settings.cache_dir))
+    if run is not None and not run.confirmed:
+        identity = {**settings.identity, DATA_KEY: data_fingerprint(data.directory)}
+        run.start(
+            settings.resume, settings.allow_changes, identity, dict(settings.run_settings), run_id=settings.run_id
+        )
     specs = expand_streams(settings.objective.streams, data)
     config = model_config(settings.model, data, settings.embed_init_std)
     dico = data.dictionary
@@ -172,6 +244,7 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
         lg_sampling_factor=settings.objective.lg_sampling_factor,
         mixture=settings.objective.mixture,
         seed=settings.seed,
+        skip_batches=skip_batches,
         **common,
     )
     valid = ValidBatches(specs, data, **common)
@@ -189,9 +262,16 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
             callback.use_data(data)  # the held-out bitext it embeds is this run's data
     if settings.compile:
         module.model.compile()  # in place: state-dict keys (checkpoints, export) stay those of the eager model
+    # On a resume the config's optimizer settings (an allowed new lr) hold from the resume step on.
+    extra: list[pl.Callback] = [
+        OptimizerSettingsOnResume(getattr(settings.optimizer, "keywords", {})),
+        LoggingStepOnResume(),
+    ]
+    if getattr(settings.trainer, "keywords", {}).get("enable_progress_bar", True):
+        extra.append(StepProgressBar())  # step / max_steps, not batches of an epoch the stream mixture lacks
     trainer = settings.trainer(
         logger=list(settings.loggers),
-        callbacks=list(settings.callbacks),
+        callbacks=[*settings.callbacks, *extra],
         plugins=[AtomicCheckpointIO(), *cluster_environment_plugins()],
     )
     if trainer.is_global_zero:
@@ -199,9 +279,8 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     return module, trainer, data
 
 
-def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer) -> None:
-    """Train, from the checkpoint `settings.resume` names (if any)."""
-    ckpt_path = resume_path(settings.resume, settings.run_dir / "checkpoints")
+def fit(settings: PretrainSettings, module: PretrainModule, trainer: pl.Trainer, ckpt_path: str | None) -> None:
+    """Train, from `ckpt_path` (None: from scratch)."""
     metrics = settings.run_dir / "metrics.csv"
     if trainer.is_global_zero:
         if ckpt_path is None:
@@ -329,15 +408,3 @@ def model_config(architecture: XLMConfig, data: PreprocessedData, embed_init_std
         lang2id=lang2id,
         id2lang={i: lang for lang, i in lang2id.items()},
     )
-
-
-def resume_path(resume: str, ckpt_dir: Path) -> str | None:
-    """`auto`: newest valid checkpoint in `ckpt_dir` (None if none); `never`: None; else a .ckpt path."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        found = find_resume_checkpoint(ckpt_dir)
-        return str(found) if found else None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint (use auto, never or a .ckpt path)")
-    return resume

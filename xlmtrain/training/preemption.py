@@ -40,7 +40,8 @@ from xlmtrain.training.run_lock import slurm_job_id
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM)
+DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+"""SIGINT (Ctrl-C) too: it saves after the current step and stops (never requeues); a second Ctrl-C aborts at once."""
 
 
 def cluster_environment_plugins() -> list[SLURMEnvironment]:
@@ -97,6 +98,10 @@ class PreemptionCallback(Callback):
         # possibly inside another collective.
         if self._received is None:
             self._received = signal.Signals(signum)
+            if signum == signal.SIGINT:
+                print("[xlmtrain] Ctrl-C: saving after the current step (Ctrl-C again to abort now)", flush=True)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Start recording the signals (so one arriving during setup is acted on at the first step).
@@ -158,7 +163,7 @@ class PreemptionCallback(Callback):
             return
         reason = self._received.name if self._received is not None else "a signal on another rank"
         job_id = slurm_job_id()
-        if self.requeue and job_id is not None:
+        if self.requeue and job_id is not None and self._received != signal.SIGINT:
             result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
             if result.returncode == 0:
                 how = f"SLURM job {job_id} requeued; it resumes from this checkpoint when it restarts"

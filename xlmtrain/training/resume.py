@@ -8,6 +8,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -136,5 +137,25 @@ class ResumeAgreement(Callback):
         if not trainer.strategy.reduce_boolean_decision(chosen == self.ckpt_path, all=True):
             raise RuntimeError(
                 f"ranks disagree on the checkpoint to resume from: rank 0 chose {chosen}, rank {trainer.global_rank} "
-                f"{self.ckpt_path}; give resume=<path to one .ckpt> to choose for all ranks"
+                f"{self.ckpt_path}; give resume.checkpoint=<path to one .ckpt> to choose for all ranks"
             )
+
+
+class LoggingStepOnResume(Callback):
+    """On a resumed fit, log the next rows at the step the run has reached (row `s` = optimizer step `s + 1`).
+
+    Lightning logs a step's metrics at its count of optimizer steps taken before it (`_batches_that_stepped`) and
+    restores that count from the checkpoint. A checkpoint saved after `fit` returned (the final `last.ckpt`)
+    holds one more than its `global_step`, so a finished run continued with a larger `trainer.max_steps` logged
+    its new rows one step too high; one saved mid-step holds one less, which Lightning corrects. Setting the
+    count to `global_step` (one optimizer, one count per optimizer step, with or without accumulation) is right
+    for both.
+    """
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # At a batch start the count equals global_step in any run; here the epoch loop's own restart
+        # correction has run, so this is the first moment the restored value can be fixed.
+        if trainer.ckpt_path is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step

@@ -13,7 +13,7 @@ content is the same, validation sizes, `objective.monitor`).
 (`inverse_sqrt`, `constant`); with `linear` / `cosine` it would reshape the whole schedule, so it needs
 `resume.allow_changes=[trainer.max_steps]` like any identity key.
 
-`<run_dir>/run.json` holds `{format_version, fingerprint, identity, settings, continuations}`: the identity,
+`<run_dir>/run.json` holds `{format_version, run_id, fingerprint, identity, settings, continuations}`: the identity,
 the safe settings of the first start, and one entry per continuation that changed something
 (`{started, step, safe: {key: [old, new]}, allowed: {...}}`). `check_continuation` compares a new start with
 the record: safe changes pass, keys listed in `allow_changes` pass, anything else raises `RunIdentityError`
@@ -89,7 +89,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_identity_key(key: str) -> bool:
+def is_identity_key(key: str) -> bool:
+    """Whether the dotted config key is part of what defines a run (`IDENTITY_PREFIXES` less `SAFE_WITHIN_IDENTITY`)."""
     if any(key == s or key.startswith(f"{s}.") for s in SAFE_WITHIN_IDENTITY):
         return False
     return any(key == p or key.startswith(p) if p.endswith(".") else key == p for p in IDENTITY_PREFIXES)
@@ -98,9 +99,9 @@ def _is_identity_key(key: str) -> bool:
 def split_config(config: Mapping[str, Any], data_fingerprint: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(identity, safe settings) of a plain resolved config dict, both flat. Hydra's own `hydra.*` is left out."""
     flat = flatten({k: v for k, v in config.items() if k != "hydra"})
-    identity = {k: v for k, v in flat.items() if _is_identity_key(k)}
+    identity = {k: v for k, v in flat.items() if is_identity_key(k)}
     identity["data.fingerprint"] = data_fingerprint
-    settings = {k: v for k, v in flat.items() if not _is_identity_key(k)}
+    settings = {k: v for k, v in flat.items() if not is_identity_key(k)}
     return dict(sorted(identity.items())), dict(sorted(settings.items()))
 
 
@@ -129,34 +130,45 @@ class RunRecord:
     identity: dict[str, Any]
     settings: dict[str, Any]
     continuations: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str = ""
+    """Drawn at the run's first start, kept by its continuations: the loggers' run id."""
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.identity)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "identity": self.identity,
-                "settings": self.settings, "continuations": self.continuations}  # fmt: skip
+        return {"format_version": FORMAT_VERSION, "run_id": self.run_id, "fingerprint": self.fingerprint,
+                "identity": self.identity, "settings": self.settings, "continuations": self.continuations}  # fmt: skip
 
 
 def read_record(run_dir: str | os.PathLike) -> RunRecord | None:
-    """The run's record, or None if the run dir has none. Raises `RunIdentityError` naming a malformed file."""
+    """The run's record, or None if the run dir has none (or a run.json without an identity: a run from before
+    run identity). Raises `RunIdentityError` naming a malformed file."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
+        if isinstance(data, dict) and "identity" not in data:
+            return None
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
-        return RunRecord(dict(data["identity"]), dict(data["settings"]), list(data.get("continuations", [])))
+        return RunRecord(dict(data["identity"]), dict(data["settings"]), list(data.get("continuations", [])),
+                         str(data.get("run_id", "")))  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunIdentityError(f"{path}: unreadable run record ({error}); move it aside to start a new run") from None
 
 
 def write_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:
-    """Write `<run_dir>/run.json` atomically."""
+    """Write the record into `<run_dir>/run.json` atomically; other writers' sections (the job's `data`) stay."""
     path = Path(run_dir) / RUN_FILE
-    atomic_write_bytes((json.dumps(record.to_json(), indent=1, default=str) + "\n").encode(), path)
+    try:
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        existing = {}
+    merged = {**(existing if isinstance(existing, dict) else {}), **record.to_json()}
+    atomic_write_bytes((json.dumps(merged, indent=1, default=str) + "\n").encode(), path)
     return path
 
 
@@ -225,7 +237,7 @@ def record_continuation(record: RunRecord, continuation: Continuation, identity:
             "safe": {k: list(v) for k, v in continuation.safe.items()},
             "allowed": {k: list(v) for k, v in continuation.allowed.items()},
         })  # fmt: skip
-    return RunRecord(dict(identity), dict(settings), history)
+    return RunRecord(dict(identity), dict(settings), history, record.run_id)
 
 
 def optimizer_hyperparameters(optimizer_config: Mapping[str, Any]) -> dict[str, Any]:
