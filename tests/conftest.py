@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
+from xlmtrain.cli import run_names
+
+# conf/xlmtrain.yaml's default `run_name` uses the CLI's `${xlmtrain.run_name:...}` resolver: tests that compose
+# the config with Hydra's compose API (not through `python -m xlmtrain`) need it registered too.
+run_names.register()
+
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 

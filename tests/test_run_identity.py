@@ -147,3 +147,17 @@ def test_new_lr_applies_from_the_resume_step_on() -> None:
         new.step()
         new_sched.step()
         assert new.param_groups[0]["lr"] == pytest.approx(5e-4 * factor(step))
+
+
+def test_devices_and_nodes_are_safe_but_the_global_batch_is_identity() -> None:
+    """`data.batching.batch_size` is the GLOBAL batch (split over the ranks, `objectives/data.py`), so a run may
+    continue on other devices/nodes (an elastic 2 -> 1 / 1 -> 2 resume) as long as batch_size x accumulation, the
+    rows per optimizer step, is unchanged; changing either factor is refused in one line."""
+    record = RunRecord(*_split("trainer.devices=2"))
+    continuation = check_continuation(record, *_split("trainer.devices=1", "trainer.num_nodes=2"))
+    assert continuation.safe == {"trainer.devices": (2, 1), "trainer.num_nodes": (1, 2)} and not continuation.allowed
+    for change, key in (("data.batching.batch_size=16", "data.batching.batch_size (128 -> 16)"),
+                        ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches (1 -> 2)")):  # fmt: skip
+        with pytest.raises(RunIdentityError) as error:
+            check_continuation(record, *_split("trainer.devices=2", change))
+        assert key in str(error.value) and "\n" not in str(error.value)
