@@ -11,6 +11,7 @@ import pytest
 
 from xlmtrain.report import main as report_main
 from xlmtrain.tasks.sweep import read_sweep, summarise, write_report
+from xlmtrain.training.run_identity import RunRecord, write_record
 
 # (lr, seed) -> split -> lang -> accuracy. Means over seeds: lr 1e-5: valid en 81 fr 69 sw 62, test en 82 fr 70
 # sw 63; lr 5e-6: valid en 79 fr 72 sw 61, test en 81 fr 73 sw 64.
@@ -24,10 +25,10 @@ S = math.sqrt(2)  # sample std of two values 2 apart
 
 
 def write_run(run: Path, lr: str, seed: str, acc: dict[str, dict[str, float]]) -> None:
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text(
-        f"- +recipe=xnli\n- optim.optimizer.lr={lr}\n- seed={seed}\n- run_dir={run}\n"
-    )
+    # What a fine-tuning run records (`RunDir.record_new_run`): its overrides and its seed, in run.json.
+    overrides = ["+recipe=xnli", f"optim.optimizer.lr={lr}", f"seed={seed}", f"run_dir={run}"]
+    run.mkdir(parents=True)
+    write_record(run, RunRecord({"seed": int(seed)}, {}, [], "id", overrides))
     lines = ["lang,split,accuracy,n"]
     for split, by_lang in acc.items():
         lines += [f"{lang},{split},{value:.2f},100" for lang, value in by_lang.items()]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.cli_runs import CLI, clean_env, train_rows
 from tests.conftest import REPO
@@ -134,6 +135,33 @@ def test_own_errors_are_one_line_with_exit_code_2(synthetic_prep: Path, tmp_path
     torch.save({"w": torch.zeros(1), "f": os.system}, evil / "pytorch_model.bin")
     line = _error_line(_run(["+recipe=xnli", f"pretrained.path={evil}", f"run_dir={tmp_path / 'ft'}"], tmp_path))
     assert "refused to unpickle global" in line and "weights_only" not in line, line
+
+
+def test_run_names_come_from_the_overrides_locally_and_under_submitit() -> None:
+    """A plain run is named from the overrides that change what it is; a sweep job from all of its overrides (two
+    jobs sweeping a safe key must not share a dir either); Hydra/launcher keys never count. Under
+    `+launcher=slurm` (submitit) the sweep layout stays `<sweep_dir>/<run_name>`."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+    from xlmtrain.cli.run_names import run_name
+
+    slurm = ["+recipe=tlm", "+launcher=slurm", "hydra.launcher.partition=gpu", "optim.optimizer.lr=0.001"]
+    assert run_name("mlm", slurm, multirun=True) == "tlm_optim.optimizer.lr=0.001"
+    assert run_name("mlm", [*slurm, "trainer.val_check_interval=5"], multirun=True) == (
+        "tlm_optim.optimizer.lr=0.001_trainer.val_check_interval=5"
+    )
+    assert (
+        run_name("mlm", ["+recipe=tlm", "trainer.max_steps=9", "trainer.val_check_interval=5"], multirun=False) == "tlm"
+    )
+    assert (
+        run_name("mlm", ["+recipe=tlm", "model=small", "data.dir=/d/x"], multirun=False)
+        == "tlm_data.dir=_d_x_model=small"
+    )
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("xlmtrain", overrides=["+recipe=tlm", "+launcher=slurm"], return_hydra_config=True)
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    assert sweep == {"dir": "${sweep_dir}", "subdir": "${run_name}"}, sweep
 
 
 @pytest.mark.slow

@@ -30,10 +30,12 @@ def _key(override: str) -> str:
 
 def _names_the_run(key: str) -> bool:
     """Whether an override of `key` (a dotted key, or a config group such as `model`) changes the run's identity."""
-    from xlmtrain.training.run_identity import IDENTITY_PREFIXES, is_identity_key
+    from xlmtrain.training.run_identity import IDENTITY_PREFIXES, MAX_STEPS, is_identity_key
 
     if key == "data.dir":
         return True
+    if key == MAX_STEPS:
+        return False  # a longer run of the same experiment continues it (its own rule in run_identity)
     group_prefix = f"{key}."
     return is_identity_key(key) or any(p == group_prefix for p in IDENTITY_PREFIXES)
 

@@ -2,7 +2,7 @@
 
 A Hydra callback (`conf/hydra/default.yaml: callbacks.sweep_table`): when the multirun ends, in the process
 that launched it (locally, or waiting for the submitit jobs), it lists the run dirs under `hydra.sweep.dir`
-(`sweep_dir`) with their overrides (each job's `.hydra/overrides.yaml`), state, steps and final metrics, and
+(`sweep_dir`) with their overrides (as each job recorded them in its `run.json`), state, steps and final metrics, and
 writes the same table to `<sweep_dir>/sweep.txt`. Every run under the sweep dir is listed, earlier sweeps'
 included: give a sweep its own `sweep_dir=` to see it alone.
 """
@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from xlmtrain.training.run_identity import RunIdentityError, read_record
 from xlmtrain.training.run_status import find_runs, format_table, summarize_run
 
 
 def job_overrides(run_dir: Path) -> str:
-    """The job's command-line overrides, as Hydra saved them (empty if absent)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return ""
-    overrides = OmegaConf.to_container(OmegaConf.load(path))
-    return " ".join(str(o) for o in overrides if not str(o).startswith(("hydra.", "+launcher")))
+    """The job's command-line overrides, as it recorded them in run.json (empty if it has no record)."""
+    try:
+        record = read_record(run_dir)
+    except RunIdentityError:
+        return "(unreadable run.json)"
+    overrides = record.overrides if record is not None else []
+    return " ".join(o for o in overrides if not o.startswith(("hydra.", "+launcher")))
 
 
 class SweepTable(Callback):

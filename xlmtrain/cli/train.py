@@ -164,6 +164,7 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
         allow_changes=config.resume.allow_changes,
         run_id=cfg.run_id,
         snapshot=_run_files(cfg),
+        overrides=_overrides(),
     )
 
 
@@ -175,6 +176,7 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
     _check_targets(config)
     with open_dict(cfg):
         cfg.run_id = run_id_for(config.run_dir, "never")  # a fine-tuning run starts afresh every time
+    identity, run_settings = split_config(_plain(cfg), data_fingerprint="")
     return FinetuneSettings(
         run_dir=config.run_dir,
         seed=config.seed,
@@ -186,6 +188,11 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
         head_lr=config.optim.head_lr,
         trainer=instantiate(cfg.trainer, _partial_=True),
         loggers=[instantiate(c) for c in cfg.logger],
+        identity=identity,
+        run_settings=run_settings,
+        run_id=cfg.run_id,
+        overrides=_overrides(),
+        snapshot=_run_files(cfg),
     )
 
 
@@ -197,12 +204,17 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
         raise SettingsError(f"{error.full_key}: missing (set it on the command line)") from None
 
 
+def _overrides() -> tuple[str, ...]:
+    """The command line's overrides (none outside a Hydra run, e.g. the compose API)."""
+    return tuple(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ()
+
+
 def _run_files(cfg: DictConfig) -> dict[str, str]:
     """The config snapshot Hydra would write (`.hydra/config.yaml`, `overrides.yaml`), written by the job once the
     run dir is known to be this run's (Hydra's own writing is off: it would overwrite a refused run's snapshot)."""
     files = {".hydra/config.yaml": OmegaConf.to_yaml(cfg)}
     if HydraConfig.initialized():
-        files[".hydra/overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(list(HydraConfig.get().overrides.task)))
+        files[".hydra/overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(list(_overrides())))
     return files
 
 

@@ -14,6 +14,7 @@ typed settings -> setup -> fit -> report.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
 from xlmtrain.training.precision import enable_tf32_on_cuda
 from xlmtrain.training.run_data import read_run_data
-from xlmtrain.training.run_dir import RunDir, closing_loggers
+from xlmtrain.training.run_dir import RunDir, closing_loggers, run_id_for
 from xlmtrain.training.run_lock import launcher_is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,16 @@ class FinetuneSettings:
     """`trainer(logger=..., callbacks=..., plugins=...)` -> `pl.Trainer`."""
     scheduler: SchedulerFactory | None = None
     loggers: list[Any] = field(default_factory=list)
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    """The run's settings that define it (`training.run_identity.split_config`), recorded in run.json."""
+    run_settings: Mapping[str, Any] = field(default_factory=dict)
+    """Its other settings, recorded in run.json."""
+    run_id: str | None = None
+    """The loggers' run id (new for every fine-tuning run); None: drawn here."""
+    overrides: tuple[str, ...] = ()
+    """The command line's overrides, recorded in run.json (`xlmtrain.report` groups a sweep's runs by them)."""
+    snapshot: Mapping[str, str] = field(default_factory=dict)
+    """Files written into the run dir (the config snapshot `.hydra/*.yaml`)."""
 
 
 DEFAULT_SHARED_NAMES = 40
@@ -159,6 +170,8 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     how it ended.
     """
     with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero()) as run, run.reporting() as status:
+        run.record_new_run(dict(settings.identity), dict(settings.run_settings), overrides=settings.overrides,
+                           run_id=settings.run_id or run_id_for(settings.run_dir, "never"), snapshot=settings.snapshot)  # fmt: skip
         with closing_loggers(settings.loggers):
             pl.seed_everything(settings.seed, workers=True)
             enable_tf32_on_cuda()

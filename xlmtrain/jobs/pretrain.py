@@ -160,6 +160,8 @@ class PretrainSettings:
     """The loggers' run id (`run_dir.run_id_for`); None: drawn at the run's first start."""
     snapshot: Mapping[str, str] = field(default_factory=dict)
     """Files written into the run dir once it is known to be this run's (the config snapshot `.hydra/*.yaml`)."""
+    overrides: tuple[str, ...] = ()
+    """The command line's overrides, recorded in run.json (the sweep table shows them)."""
 
 
 # ---------------------------------------------------------------- the job
@@ -176,7 +178,8 @@ def pretrain(settings: PretrainSettings) -> dict[str, Any]:
     """
     with RunDir(settings.run_dir, rank_zero=launcher_is_rank_zero(), logs=LOG_FILES) as run:
         run.start(settings.resume, settings.allow_changes, dict(settings.identity), dict(settings.run_settings),
-                  data_known=False, run_id=settings.run_id, snapshot=settings.snapshot)  # fmt: skip
+                  data_known=False, run_id=settings.run_id, snapshot=settings.snapshot,
+                  overrides=settings.overrides)  # fmt: skip
         with run.reporting(max_steps=_max_steps(settings)) as status, closing_loggers(settings.loggers):
             module, trainer, data = _fit_with_rollbacks(settings, run)
             if _preempted(trainer):

@@ -2,8 +2,9 @@
 beside the published XLM rows. The library behind `python -m xlmtrain.report SWEEP_DIR`.
 
 A sweep is a folder holding run dirs, each with the `results.csv` a fine-tuning job writes (`lang,split,
-accuracy,n`) and Hydra's `.hydra/overrides.yaml`. Runs whose overrides differ only in `seed` (and in where they
-write: `run_dir`, `run_name`, `hydra.*`) are one configuration; its seeds are its repetitions. Selection rules
+accuracy,n`) and the `run.json` it records (its command line's overrides and its seed; never Hydra's `.hydra/`).
+Runs whose overrides differ only in `seed` (and in where they write: `run_dir`, `run_name`, `hydra.*`) are one
+configuration; its seeds are its repetitions. Selection rules
 (every one picks by the mean over seeds; ties go to the first configuration in sorted order):
 - `en_dev`: one configuration for every language, the best by mean dev accuracy of the training language
   (`en`): honest zero-shot, no target-language data touches the choice.
@@ -25,9 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from xlmtrain.tasks.published import PUBLISHED_XNLI, XNLI_LANGS
+from xlmtrain.training.run_identity import RunIdentityError, read_record
 
 RULES = ("en_dev", "target_dev", "oracle")
 _IDENTITY_KEYS = ("seed", "run_dir", "run_name")
@@ -79,22 +79,20 @@ class SweepReport:
 
 
 def _overrides(run_dir: Path) -> tuple[str, str]:
-    """(configuration key, seed) of a run from `.hydra/overrides.yaml` (seed from `.hydra/config.yaml` when it was
-    not overridden; `-` if neither says)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else []
-    kept, seed = [], None
-    for item in items or []:
-        key, _, value = str(item).lstrip("+~").partition("=")
-        if key == "seed":
-            seed = value
-        elif key not in _IDENTITY_KEYS and not key.startswith("hydra."):
-            kept.append(str(item))
-    if seed is None:
-        config = run_dir / ".hydra" / "config.yaml"
-        values = yaml.safe_load(config.read_text()) if config.is_file() else {}
-        seed = str((values or {}).get("seed", "-"))
-    return " ".join(sorted(kept)) or "(defaults)", seed
+    """(configuration key, seed) of a run from the `run.json` it recorded: its command line's overrides less the
+    seed and where it wrote, and the seed it ran with (`-` for a run without a record)."""
+    try:
+        record = read_record(run_dir)
+    except RunIdentityError as error:
+        raise SweepError(str(error)) from None
+    if record is None:
+        return "(defaults)", "-"
+    kept = []
+    for item in record.overrides:
+        key = item.lstrip("+~").partition("=")[0]
+        if key not in _IDENTITY_KEYS and not key.startswith("hydra."):
+            kept.append(item)
+    return " ".join(sorted(kept)) or "(defaults)", str(record.identity.get("seed", "-"))
 
 
 def read_results(path: Path) -> dict[tuple[str, str], float]:

@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +136,7 @@ class RunDir:
         self.record: RunRecord | None = None
         self.started: RunStart | None = None
         self.confirmed = False
+        self.overrides: list[str] = []
         """Whether `start` ran with the data known (run.json written)."""
 
     def __enter__(self) -> RunDir:
@@ -152,10 +153,10 @@ class RunDir:
 
     def start(self, resume: str, allow_changes: list[str] | tuple[str, ...], identity: dict[str, Any],
               settings: dict[str, Any], *, data_known: bool = True, run_id: str | None = None,
-              snapshot: Mapping[str, str] | None = None) -> RunStart:  # fmt: skip
+              snapshot: Mapping[str, str] | None = None, overrides: Sequence[str] = ()) -> RunStart:  # fmt: skip
         """Decide what this start is (see the module docstring); writes `run.json` once `data_known`, and the
         `snapshot` files (name relative to the run dir -> text, e.g. `.hydra/config.yaml`) once the dir is known
-        to be this run's.
+        to be this run's; `overrides` (the command line's) are recorded in run.json.
 
         Raises:
             RunIdentityError: the dir holds another run (or `allow_changes` names unknown keys).
@@ -192,9 +193,9 @@ class RunDir:
             run_id = run_id or run_id_for(self.path, "never")
         self.started = RunStart(checkpoint, continuation, archived, run_id)
         if self.rank_zero:
-            for name, text in (snapshot or {}).items():
-                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-                (self.path / name).write_text(text)
+            self._write_snapshot(snapshot)
+        if overrides:
+            self.overrides = list(overrides)
         if data_known:
             self._write_record(record, continuation, identity, settings, checkpoint, run_id)
             self.confirmed = True
@@ -212,12 +213,26 @@ class RunDir:
             new = record_continuation(record, continuation, identity, settings, step)
             for key, (old, value) in {**continuation.safe, **continuation.allowed}.items():
                 log.info("continuing %s with %s: %s -> %s", self.path, key, old, value)
+        new.overrides = list(self.overrides)
         self.record = new
         if self.rank_zero:
             write_record(self.path, new)
             if record is not None and record.fingerprint != new.fingerprint:
                 log.warning("run %s continues with allowed changes: fingerprint %s -> %s", self.path,
                             record.fingerprint, fingerprint(identity))  # fmt: skip
+
+    def record_new_run(self, identity: dict[str, Any], settings: dict[str, Any], *, run_id: str,
+                       overrides: Sequence[str] = (), snapshot: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """Record a run that always starts afresh (fine-tuning): a new `run.json` and the `snapshot` files."""
+        self.record = RunRecord(dict(identity), dict(settings), [], run_id, list(overrides))
+        if self.rank_zero:
+            self._write_snapshot(snapshot)
+            write_record(self.path, self.record)
+
+    def _write_snapshot(self, snapshot: Mapping[str, str] | None) -> None:
+        for name, text in (snapshot or {}).items():
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.path / name).write_text(text)
 
     @contextmanager
     def reporting(self, *, max_steps: int | None = None, monitor: str | None = None) -> Iterator[_Status]:

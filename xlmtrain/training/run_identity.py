@@ -13,9 +13,9 @@ content is the same, validation sizes, `objective.monitor`).
 (`inverse_sqrt`, `constant`); with `linear` / `cosine` it would reshape the whole schedule, so it needs
 `resume.allow_changes=[trainer.max_steps]` like any identity key.
 
-`<run_dir>/run.json` holds `{format_version, run_id, fingerprint, identity, settings, continuations}`: the identity,
-the safe settings of the first start, and one entry per continuation that changed something
-(`{started, step, safe: {key: [old, new]}, allowed: {...}}`). `check_continuation` compares a new start with
+`<run_dir>/run.json` holds `{format_version, run_id, fingerprint, identity, settings, continuations, overrides}`:
+the identity, the safe settings of the first start, one entry per continuation that changed something
+(`{started, step, safe: {key: [old, new]}, allowed: {...}}`) and the latest start's command-line overrides. `check_continuation` compares a new start with
 the record: safe changes pass, keys listed in `allow_changes` pass, anything else raises `RunIdentityError`
 naming the keys and the ways out.
 
@@ -132,6 +132,8 @@ class RunRecord:
     continuations: list[dict[str, Any]] = field(default_factory=list)
     run_id: str = ""
     """Drawn at the run's first start, kept by its continuations: the loggers' run id."""
+    overrides: list[str] = field(default_factory=list)
+    """The command line's overrides of the latest start (what sweep tables and `xlmtrain.report` group runs by)."""
 
     @property
     def fingerprint(self) -> str:
@@ -139,7 +141,8 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "run_id": self.run_id, "fingerprint": self.fingerprint,
-                "identity": self.identity, "settings": self.settings, "continuations": self.continuations}  # fmt: skip
+                "identity": self.identity, "settings": self.settings, "continuations": self.continuations,
+                "overrides": self.overrides}  # fmt: skip
 
 
 def read_record(run_dir: str | os.PathLike) -> RunRecord | None:
@@ -155,7 +158,7 @@ def read_record(run_dir: str | os.PathLike) -> RunRecord | None:
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
         return RunRecord(dict(data["identity"]), dict(data["settings"]), list(data.get("continuations", [])),
-                         str(data.get("run_id", "")))  # fmt: skip
+                         str(data.get("run_id", "")), [str(o) for o in data.get("overrides", [])])  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunIdentityError(f"{path}: unreadable run record ({error}); move it aside to start a new run") from None
 
