@@ -107,7 +107,10 @@ def test_another_run_in_the_same_run_dir_is_refused_in_one_line(synthetic_prep: 
 
 def test_hydra_run_dir_moves_the_whole_run(synthetic_prep: Path, tmp_path: Path) -> None:
     target = tmp_path / "D"
-    _ok(_tlm(synthetic_prep, f"hydra.run.dir={target}", "trainer.max_steps=3"), tmp_path)
+    out = _ok(_tlm(synthetic_prep, f"hydra.run.dir={target}", "trainer.max_steps=3", "trainer.enable_progress_bar=true"),
+              tmp_path)  # fmt: skip
+    # The progress bar counts optimizer steps against trainer.max_steps (it read `Epoch 0/-2`).
+    assert re.search(r"step: 100%\|[^|\r\n]*\| 3/3 ", out), out[-2000:]
     for name in ("model/config.json", "checkpoints/last.ckpt", "metrics.csv", "run.json", "status.json",
                  ".hydra/config.yaml", "train.log"):  # fmt: skip
         assert (target / name).is_file(), name
