@@ -148,9 +148,18 @@ def test_run_names_come_from_the_overrides_locally_and_under_submitit() -> None:
 
     from tests.conftest import CONF_DIR
     from xlmtrain.cli.run_names import run_name
+    from xlmtrain.cli.sweep import swept_keys
 
+    assert swept_keys(["+recipe=tlm", "optim.optimizer.lr=1e-3,3e-3", "model=small", "seed=range(2)"]) == [
+        "optim.optimizer.lr",
+        "seed",
+    ]
     slurm = ["+recipe=tlm", "+launcher=slurm", "hydra.launcher.partition=gpu", "optim.optimizer.lr=0.001"]
-    assert run_name("mlm", slurm, multirun=True) == "tlm_optim.optimizer.lr=0.001"
+    swept = ["optim.optimizer.lr"]
+    assert run_name("mlm", [*slurm, "model=small", "data.dir=/x"], multirun=True, swept=swept) == (
+        "tlm_optim.optimizer.lr=0.001"
+    )
+    assert run_name("mlm", slurm, multirun=True) == "tlm_optim.optimizer.lr=0.001"  # swept keys unknown: all
     assert run_name("mlm", [*slurm, "trainer.val_check_interval=5"], multirun=True) == (
         "tlm_optim.optimizer.lr=0.001_trainer.val_check_interval=5"
     )

@@ -5,8 +5,13 @@ objective's), followed by the command line's overrides that change what the run 
 - a plain run: only overrides of identity keys (`training/run_identity.py`: model, data content, objective,
   optim, seed, numerics) and `data.dir`. So `+recipe=tlm model=small` is `tlm_model=small`, while
   `+recipe=tlm trainer.max_steps=1200` is still `tlm` and continues that run;
-- a sweep job (`-m`): every override (sweeping a safe key must not put two jobs in one dir either), so each job
-  has its own run dir, named from its overrides, the same after a requeue (no clock in it).
+- a sweep job (`-m`): the overrides the sweep varies (`optim.optimizer.lr=1e-3,3e-3` -> `tlm_optim.optimizer.lr=
+  0.001`; sweeping a safe key must not put two jobs in one dir either), so each job has its own run dir under
+  `<sweep_dir>`, named from its overrides, the same after a requeue (no clock in it). The swept keys are found
+  by `SweptKeys` (a Hydra callback, `cli/sweep.py`) in the launching process and handed to the jobs in the
+  environment (`XLMTRAIN_SWEPT_KEYS`; sbatch passes it on to submitit's jobs); without it, every override
+  counts. Another sweep with other fixed settings in the same `sweep_dir` gets the same names and is refused
+  by the run identity check, one line per job: give each sweep its own `sweep_dir=`.
 Outside a Hydra run (the compose API in tests) there are no overrides: the base name.
 
 Run-dir and Hydra keys (`run_dir`, `run_name`, `sweep_dir`, `resume`, `hydra.*`, `+launcher`, `paths.*`) never
@@ -16,12 +21,16 @@ count; values with `/` have it replaced by `_`; a name over 100 characters is cu
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Collection
 
 from omegaconf import OmegaConf
 
 RESOLVER = "xlmtrain.run_name"
 NEVER_IN_NAME = ("run_dir", "run_name", "sweep_dir", "resume", "hydra", "launcher", "paths", "recipe")
 MAX_LEN = 100
+SWEPT_KEYS_ENV = "XLMTRAIN_SWEPT_KEYS"
+"""Comma-separated keys the running sweep varies (set by `cli/sweep.py::SweepTable.on_multirun_start`)."""
 
 
 def _key(override: str) -> str:
@@ -40,15 +49,16 @@ def _names_the_run(key: str) -> bool:
     return is_identity_key(key) or any(p == group_prefix for p in IDENTITY_PREFIXES)
 
 
-def run_name(base: str, overrides: list[str], *, multirun: bool) -> str:
-    """The default run name for these command-line overrides (see the module docstring)."""
+def run_name(base: str, overrides: list[str], *, multirun: bool, swept: Collection[str] | None = None) -> str:
+    """The default run name for these command-line overrides (see the module docstring); `swept`: the keys a
+    sweep varies (None: unknown, every override of a sweep job counts)."""
     recipe = next((o.split("=", 1)[1] for o in overrides if _key(o) == "recipe" and "=" in o), None)
     parts = [recipe or base]
     for override in sorted(overrides):
         key = _key(override)
         if key.split(".")[0] in NEVER_IN_NAME or "=" not in override:
             continue
-        if multirun or _names_the_run(key):
+        if (multirun and (swept is None or key in swept)) or (not multirun and _names_the_run(key)):
             parts.append(override.lstrip("+~").replace("/", "_"))
     name = "_".join(parts)
     if len(name) > MAX_LEN:
@@ -63,7 +73,9 @@ def _resolve(base: str) -> str:
     if not HydraConfig.initialized():
         return str(base)
     hydra = HydraConfig.get()
-    return run_name(str(base), list(hydra.overrides.task), multirun=hydra.mode == RunMode.MULTIRUN)
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    return run_name(str(base), list(hydra.overrides.task), multirun=hydra.mode == RunMode.MULTIRUN,
+                    swept=None if swept is None else swept.split(","))  # fmt: skip
 
 
 def register() -> None:
