@@ -95,11 +95,12 @@ def test_another_run_in_the_same_run_dir_is_refused_in_one_line(synthetic_prep: 
     assert _tree(run_dir) == before, "the first run's files were touched"
 
     # A safe change continues the same run, and run.json says so.
-    _ok(_tlm(synthetic_prep, f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.val_check_interval=3"), tmp_path)
+    _ok(_tlm(synthetic_prep, f"run_dir={run_dir}", "trainer.max_steps=6", "checkpoint.every_n_train_steps=5"), tmp_path)
     record = json.loads((run_dir / "run.json").read_text())
     change = record["continuations"][-1]
     assert change["step"] == 4 and change["safe"]["trainer.max_steps"] == [4, 6]
-    # The continued rows follow on without a gap (they were one step high: LoggingStepOnResume).
+    # The continued rows follow on without a gap (they were one step high when the run continued from its final
+    # checkpoint with the same validation interval: LoggingStepOnResume).
     assert [r["step"] for r in train_rows(run_dir)] == list(range(6))
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     assert "resuming from" in (run_dir / "train.log").read_text() or (run_dir / "train.log").stat().st_size > 0
