@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from xlmtrain.data.synthetic import LANGUAGES as SYNTHETIC_LANGUAGES
 from xlmtrain.data.tokenizer import XLMTokenizer
+from xlmtrain.interop.pretrained import load_model_and_tokenizer
 from xlmtrain.objectives.pretrain import OptimizerFactory, SchedulerFactory
 from xlmtrain.tasks.encoding import EncodedSet, collate, encode_pairs, encode_tagged
 from xlmtrain.tasks.finetune import FinetuneModule
-from xlmtrain.tasks.loading import load_pretrained
 from xlmtrain.tasks.readers import NLI_LABELS, Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
@@ -174,8 +174,14 @@ def setup(settings: FinetuneSettings) -> _Setup:
         labels = dict(enumerate(NLI_LABELS))  # XLM's order: contradiction 0, neutral 1, entailment 2
         overrides = {"num_labels": 3, "id2label": labels, "summary_first_dropout": task.head_dropout}
     pretrained = settings.pretrained
-    model, tokenizer = load_pretrained(str(Path(pretrained.path).expanduser()), head, codes=pretrained.codes,
-                                       lowercase=pretrained.lowercase, **overrides)  # fmt: skip
+    model, tokenizer = load_model_and_tokenizer(
+        Path(pretrained.path).expanduser(),
+        head,
+        codes=pretrained.codes,
+        lowercase=pretrained.lowercase,
+        codes_option="pretrained.codes=FILE",
+        **overrides,
+    )
     lang2id = model.config.lang2id or tokenizer.lang2id
     if task.kind == "pair_classification":
         data, train_langs = task_data(settings, list(lang2id))
