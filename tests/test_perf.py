@@ -179,7 +179,7 @@ def test_train_step_batches_agree() -> None:
         pair = train_step.make_batch(objective, shape, 4, 32, torch.Generator().manual_seed(0))
         labels = pair.hf["labels"]
         assert torch.equal(labels != -100, pair.xlm.pred_mask)
-        assert torch.equal(labels[pair.xlm.pred_mask], pair.xlm.targets)
+        assert torch.equal(labels[pair.xlm.pred_mask], pair.xlm.labels)
         assert pair.xlm.input_ids.shape == (4, 32)
 
 

@@ -101,7 +101,7 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     specs = expand_streams(settings.objective.streams, data)
     config = model_config(settings.model, data, settings.embed_init_std)
     dico = data.dictionary
-    common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
+    common = dict(vocab_size=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
                   mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
     train = PretrainBatches(
         specs,
