@@ -75,9 +75,9 @@ class RunConfig:
     seed: int
     checkpoint: Checkpointing
     export: bool
-    """Pretraining: export <run_dir>/model/ and the training-curve plot at the end (fine-tuning always does)."""
+    """Export <run_dir>/model/ at the end (and, pretraining, the training-curve plot)."""
     compile: bool
-    """Pretraining: torch.compile the model's forward in place."""
+    """torch.compile the model's forward in place."""
     paths: Paths
     optim: Optim
     trainer: dict[str, Any]
@@ -158,6 +158,8 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
         head_lr=config.optim.head_lr,
         trainer=instantiate(cfg.trainer, _partial_=True),
         loggers=[instantiate(c) for c in cfg.logger],
+        export=config.export,
+        compile=config.compile,
     )
 
 

@@ -58,6 +58,10 @@ class FinetuneSettings:
     """`trainer(logger=..., callbacks=..., plugins=...)` -> `pl.Trainer`."""
     scheduler: SchedulerFactory | None = None
     loggers: list[Any] = field(default_factory=list)
+    export: bool = True
+    """Export the fine-tuned model (transformers XLM format, with tokenizer files) to <run_dir>/model/."""
+    compile: bool = False
+    """torch.compile the model's forward in place (state-dict keys unchanged), as pretraining's `compile`."""
 
 
 DEFAULT_SHARED_NAMES = 40
@@ -142,6 +146,8 @@ def setup(settings: FinetuneSettings) -> _Setup:
         finetune_layers=task.finetune_layers,
         id2tag=tags,
     )
+    if settings.compile:
+        module.model.compile()  # in place: the best checkpoint and the export keep the eager model's keys
     return _Setup(
         module=module,
         tokenizer=tokenizer,
@@ -195,8 +201,12 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
     write_csv(module.results, run_dir / "results.csv", metric)
     (run_dir / "results.md").write_text(table + "\n")
     plot_results(module.results, run_dir / plot_name, metric, train_langs, 100 / 3 if metric == "accuracy" else None)
-    save_model(module.model, run_dir / "model", format="hf")
-    job.tokenizer.save_pretrained(run_dir / "model")
+    outputs = [run_dir / "results.csv", run_dir / "results.md", run_dir / plot_name]
+    if settings.export:
+        save_model(module.model, run_dir / "model", format="hf")
+        job.tokenizer.save_pretrained(run_dir / "model")
+        summary["model"] = str(run_dir / "model")
+        outputs.append(run_dir / "model")
     print(f"\n{kind} results ({metric} %, best checkpoint by valid_{select_on}; * = fine-tuning language)")
     print(table)
     final = module.results.get("test") or module.results["valid"]
@@ -207,9 +217,7 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
         print(
             f"zero-shot {metric} on {', '.join(zero_shot)} (never seen in fine-tuning): {summary['zero_shot_avg']:.2f}{chance}"
         )
-    print(
-        f"results: {run_dir / 'results.csv'}, {run_dir / 'results.md'}, {run_dir / plot_name}; model: {run_dir / 'model'}"
-    )
+    print(f"outputs: {', '.join(map(str, outputs))}")
     return summary
 
 
