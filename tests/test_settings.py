@@ -157,8 +157,11 @@ def test_cli_checks_the_config_before_importing_the_training_stack(
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "xlmtrain", *overrides, f"run_dir={tmp_path / 'r'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     imports = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
     imported = {line.rsplit("|", 1)[1].strip() for line in imports}
     assert done.returncode == 2, done.stderr[-2000:]
