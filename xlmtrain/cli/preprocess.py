@@ -27,8 +27,14 @@ def main(cfg: DictConfig) -> None:
     force, step, shard = knobs.pop("force"), knobs.pop("step"), knobs.pop("shard")
     start = time.perf_counter()
     try:
-        manifest = preprocess(input_dir, output_dir, PreprocessSettings(**knobs), force=force, step=step,
-                              shard=None if shard is None else str(shard))  # fmt: skip
+        manifest = preprocess(
+            input_dir,
+            output_dir,
+            PreprocessSettings(**knobs),
+            force=force,
+            step=step,
+            shard=None if shard is None else str(shard),
+        )
     except (ValueError, ImportError, OSError) as err:  # PreprocessError and the others name the file/setting
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -37,8 +43,10 @@ def main(cfg: DictConfig) -> None:
         print(f"{manifest['step']} done in {elapsed:.1f}s: {manifest['output']}")
         return
     counts = {name: c["sentences"] for name, c in manifest["counts"].items()}
-    print(f"{output_dir}: {len(manifest['languages'])} languages, vocab {manifest['vocab_size']}, "
-          f"{elapsed:.1f}s; sentences {json.dumps(counts)}")  # fmt: skip
+    print(
+        f"{output_dir}: {len(manifest['languages'])} languages, vocab {manifest['vocab_size']}, "
+        f"{elapsed:.1f}s; sentences {json.dumps(counts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -165,6 +165,11 @@ def pair_rank_rows(batch: PairBatch, rank: int, world_size: int, *, where: str =
     lo, hi = rank_row_range(bs, rank, world_size, where=where)
     s1, s2 = int(batch.src_lengths[lo:hi].max()), int(batch.tgt_lengths[lo:hi].max())
     return PairBatch(
-        batch.src_ids[lo:hi, :s1], batch.src_lengths[lo:hi], batch.src_langs[lo:hi, :s1],
-        batch.tgt_ids[lo:hi, :s2], batch.tgt_lengths[lo:hi], batch.tgt_langs[lo:hi, :s2], bs,
-    )  # fmt: skip
+        batch.src_ids[lo:hi, :s1],
+        batch.src_lengths[lo:hi],
+        batch.src_langs[lo:hi, :s1],
+        batch.tgt_ids[lo:hi, :s2],
+        batch.tgt_lengths[lo:hi],
+        batch.tgt_langs[lo:hi, :s2],
+        bs,
+    )

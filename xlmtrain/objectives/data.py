@@ -409,8 +409,15 @@ class ValidBatches:
         subsample, max_pairs = self._limits(spec)
         if spec.is_pair:
             c1, c2 = _pair_corpora(self.data, self.split, spec)
-            pairs = ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False,
-                                    shuffle=False, max_sentences=max_pairs)  # fmt: skip
+            pairs = ParallelBatches(
+                c1,
+                c2,
+                batch_size=b.valid_batch_size,
+                max_len=None,
+                group_by_size=False,
+                shuffle=False,
+                max_sentences=max_pairs,
+            )
             return (lambda i=i: pairs.batch_at(i) for i in range(len(pairs)))
         # One column (XLM's batch size 1), every `subsample`-th bptt chunk; `valid_batch_size` chunks per batch.
         column = StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, 1, shuffle=False)

@@ -161,9 +161,15 @@ class PretrainModule(pl.LightningModule):
             with torch.no_grad():
                 key_src, key_tgt = self._sides(batch, self.xlco.key_encoder)
             loss, keys = xlco_loss(
-                src, tgt, key_src, key_tgt, self.xlco.negatives(), global_rows=batch.global_rows, scale=a.xlco_scale,
+                src,
+                tgt,
+                key_src,
+                key_tgt,
+                self.xlco.negatives(),
+                global_rows=batch.global_rows,
+                scale=a.xlco_scale,
                 gather=a.gather_negatives,
-            )  # fmt: skip
+            )
             self.xlco.enqueue(keys)
         # The LM head's bias is the one trained weight these steps do not reach: a zero-weighted term gives it a
         # (zero) gradient, as DDP without find_unused_parameters needs every step; 1 process does the same.
