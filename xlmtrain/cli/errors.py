@@ -20,10 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from xlmtrain.training.numerics import NumericsStopped
-from xlmtrain.training.run_lock import RunLockedError
 
-OWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RunLockedError, NumericsStopped)
+def own_errors() -> tuple[type[BaseException], ...]:
+    """The error types reported as one line (imported when needed: the CLI imports Lightning only once the
+    config passed its check)."""
+    from xlmtrain.training.numerics import NumericsStopped
+    from xlmtrain.training.run_lock import RunLockedError
+
+    return (ValueError, FileNotFoundError, RunLockedError, NumericsStopped, KeyboardInterrupt)
 
 
 @dataclass
@@ -44,8 +48,8 @@ def one_line_errors() -> Iterator[Outcome]:
     outcome = Outcome()
     try:
         yield outcome
-    except (*OWN_ERRORS, KeyboardInterrupt) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except BaseException as error:
+        if not isinstance(error, own_errors()) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         outcome.error = error
         message = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else one_line(error)

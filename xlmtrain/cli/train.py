@@ -5,8 +5,10 @@ The config's `job` names the job: `pretrain` (default, `xlmtrain.jobs.pretrain`)
 reads the pretraining/fine-tuning config. The whole composed config is checked first, before any work
 (`PretrainConfig` / `FinetuneConfig` below, `xlmtrain.settings`): an unknown key or a value of the wrong
 type, in our settings or in the arguments of a `_target_` node, exits with code 2 and one line
-(`error: data.batching.batch_size: expected int, got 1.5 (float)`). Then the `_target_` nodes (optimizer and
-scheduler factories, the Trainer as a partial, loggers, callbacks) are instantiated and the job runs.
+(`error: data.batching.batch_size: expected int, got 1.5 (float)`). The schema's blocks come from the
+Lightning-free `jobs/*_config.py`; the job modules (and Lightning) are imported only once the settings passed,
+so a bad value fails in seconds. Then the `_target_` nodes (optimizer and scheduler factories, the Trainer as a
+partial, loggers, callbacks) are instantiated and the job runs.
 
 The run dir is Hydra's output dir, so `hydra.run.dir=D` and `run_dir=D` mean the same; in a sweep (`-m`) each
 job's is `<sweep_dir>/<run_name>`, named from its overrides (`cli/run_names.py`), and a table of the jobs ends
@@ -17,11 +19,12 @@ config and checked by the job against the run dir before any work. xlmtrain's ow
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,14 +36,15 @@ from omegaconf.errors import MissingMandatoryValue
 from xlmtrain.cli import run_names
 from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
 from xlmtrain.config_dir import conf_dir
-from xlmtrain.jobs.finetune import FinetuneSettings, PretrainedModel, TaskSettings, finetune
-from xlmtrain.jobs.pretrain import DataSettings, ObjectiveSettings, PretrainSettings, pretrain
-from xlmtrain.model.config import XLMConfig
+from xlmtrain.jobs.finetune_config import PretrainedModel, TaskSettings
+from xlmtrain.jobs.pretrain_config import DataSettings, ObjectiveSettings
 from xlmtrain.settings import SettingsError, check_call, typed
-from xlmtrain.training.run_dir import run_id_for
-from xlmtrain.training.run_identity import split_config
 
 run_names.register()  # `${xlmtrain.run_name:...}` in conf/xlmtrain.yaml
+
+if TYPE_CHECKING:
+    from xlmtrain.jobs.finetune import FinetuneSettings
+    from xlmtrain.jobs.pretrain import PretrainSettings
 
 # ---------------------------------------------------------------- the config tree's schema
 
@@ -98,9 +102,9 @@ class RunConfig:
     seed: int
     checkpoint: Checkpointing
     export: bool
-    """Pretraining: export <run_dir>/model/ and the training-curve plot at the end (fine-tuning always does)."""
+    """Export <run_dir>/model/ at the end (and, pretraining, the training-curve plot)."""
     compile: bool
-    """Pretraining: torch.compile the model's forward in place."""
+    """torch.compile the model's forward in place."""
     paths: Paths
     optim: Optim
     trainer: dict[str, Any]
@@ -133,6 +137,12 @@ class FinetuneConfig(RunConfig):
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     """The pretraining job's settings from a composed config; `SettingsError` (one line) on a bad key or value."""
     config = typed(PretrainConfig, _plain(cfg), "")
+    # Only a config that passed is worth the training stack's import time (Lightning, most of torch).
+    from xlmtrain.jobs.pretrain import PretrainSettings
+    from xlmtrain.model.config import XLMConfig
+    from xlmtrain.training.run_dir import run_id_for
+    from xlmtrain.training.run_identity import split_config
+
     resume = str(config.resume.checkpoint or config.resume.mode)
     with open_dict(cfg):
         cfg.run_id = run_id_for(config.run_dir, resume)  # before the loggers are built: they carry it
@@ -173,6 +183,10 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
     config = typed(FinetuneConfig, _plain(cfg), "")
     if config.optim.head_lr is None:
         raise SettingsError("optim.head_lr: missing (expected float)")
+    from xlmtrain.jobs.finetune import FinetuneSettings  # the training stack, once the config passed
+    from xlmtrain.training.run_dir import run_id_for
+    from xlmtrain.training.run_identity import split_config
+
     _check_targets(config)
     with open_dict(cfg):
         cfg.run_id = run_id_for(config.run_dir, "never")  # a fine-tuning run starts afresh every time
@@ -188,6 +202,8 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
         head_lr=config.optim.head_lr,
         trainer=instantiate(cfg.trainer, _partial_=True),
         loggers=[instantiate(c) for c in cfg.logger],
+        export=config.export,
+        compile=config.compile,
         identity=identity,
         run_settings=run_settings,
         run_id=cfg.run_id,
@@ -234,11 +250,11 @@ def _check_targets(config: RunConfig) -> None:
 # ---------------------------------------------------------------- dispatch
 
 
-JOBS: dict[str, tuple[Callable[[DictConfig], Any], Callable[[Any], dict[str, Any]]]] = {
-    "pretrain": (pretrain_settings, pretrain),
-    "finetune": (finetune_settings, finetune),
+JOBS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {
+    "pretrain": (pretrain_settings, "xlmtrain.jobs.pretrain:pretrain"),
+    "finetune": (finetune_settings, "xlmtrain.jobs.finetune:finetune"),
 }
-"""`job:` value -> (settings from the config, the job)."""
+"""`job:` value -> (settings from the config, the job as `module:function`, imported once the settings passed)."""
 
 
 def job_and_settings(cfg: DictConfig) -> tuple[Callable[[Any], dict[str, Any]], Any]:
@@ -246,7 +262,9 @@ def job_and_settings(cfg: DictConfig) -> tuple[Callable[[Any], dict[str, Any]], 
     if cfg.get("job") not in JOBS:
         raise SettingsError(f"job: expected one of {', '.join(JOBS)}, got {cfg.get('job')!r}")
     to_settings, job = JOBS[cfg.job]
-    return job, to_settings(cfg)
+    settings = to_settings(cfg)
+    module, function = job.split(":")
+    return getattr(importlib.import_module(module), function), settings
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

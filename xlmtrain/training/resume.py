@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from xlmtrain.training.checkpoint_io import atomic_write_bytes, load_checkpoint_file
+from xlmtrain.training.run_identity import apply_optimizer_settings, optimizer_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +161,20 @@ class LoggingStepOnResume(Callback):
         # correction has run, so this is the first moment the restored value can be fixed.
         if trainer.ckpt_path is not None:
             trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+
+
+class OptimizerSettingsOnResume(Callback):
+    """Trainer callback: on a resumed fit, the config's optimizer hyperparameters (`optim.optimizer` without
+    `_target_`/`_partial_`) replace the checkpoint's from the resume step on (see `apply_optimizer_settings`).
+    Lightning restores optimizer and scheduler states before `on_train_start`, so this runs after them."""
+
+    def __init__(self, hyperparameters: Mapping[str, Any]) -> None:
+        self.hyperparameters = optimizer_hyperparameters(hyperparameters)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        schedulers = trainer.lr_scheduler_configs
+        for i, optimizer in enumerate(trainer.optimizers):
+            scheduler = schedulers[i].scheduler if i < len(schedulers) else None
+            apply_optimizer_settings(optimizer, scheduler, self.hyperparameters)

@@ -19,7 +19,7 @@ the identity, the safe settings of the first start, one entry per continuation t
 the record: safe changes pass, keys listed in `allow_changes` pass, anything else raises `RunIdentityError`
 naming the keys and the ways out.
 
-What an allowed change means when the run resumes (`OptimizerSettingsOnResume` applies it): the current
+What an allowed change means when the run resumes (`training/resume.py::OptimizerSettingsOnResume` applies it): the current
 config's optimizer hyperparameters and LR schedule replace the checkpoint's from the resume step on (a new
 `optim.optimizer.lr` is the new peak: the lr at step s is `new_lr * factor(s)` for every s >= the resume step;
 steps before keep what they had). Model and data settings take effect as built (weights that no longer fit
@@ -36,11 +36,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-
-from xlmtrain.training.checkpoint_io import atomic_write_bytes
 
 RUN_FILE = "run.json"
 FORMAT_VERSION = 1
@@ -165,6 +160,8 @@ def read_record(run_dir: str | os.PathLike) -> RunRecord | None:
 
 def write_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:
     """Write the record into `<run_dir>/run.json` atomically; other writers' sections (the job's `data`) stay."""
+    from xlmtrain.training.checkpoint_io import atomic_write_bytes  # torch: only where a record is written
+
     path = Path(run_dir) / RUN_FILE
     try:
         existing = json.loads(path.read_text()) if path.is_file() else {}
@@ -273,20 +270,3 @@ def apply_optimizer_settings(optimizer: Any, scheduler: Any, hyperparameters: Ma
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-class OptimizerSettingsOnResume(Callback):
-    """Trainer callback: on a resumed fit, the config's optimizer hyperparameters (`optim.optimizer` without
-    `_target_`/`_partial_`) replace the checkpoint's from the resume step on (see `apply_optimizer_settings`).
-    Lightning restores optimizer and scheduler states before `on_train_start`, so this runs after them."""
-
-    def __init__(self, hyperparameters: Mapping[str, Any]) -> None:
-        self.hyperparameters = optimizer_hyperparameters(hyperparameters)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.ckpt_path is None:
-            return
-        schedulers = trainer.lr_scheduler_configs
-        for i, optimizer in enumerate(trainer.optimizers):
-            scheduler = schedulers[i].scheduler if i < len(schedulers) else None
-            apply_optimizer_settings(optimizer, scheduler, self.hyperparameters)
