@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from xlmtrain.cli import run_names
-
-# conf/xlmtrain.yaml's default `run_name` uses the CLI's `${xlmtrain.run_name:...}` resolver: tests that compose
-# the config with Hydra's compose API (not through `python -m xlmtrain`) need it registered too.
-run_names.register()
+# conf/xlmtrain.yaml's default `run_name` uses the CLI's `${xlmtrain.run_name:...}` resolver, registered when the
+# CLI is imported (through its `python -m` shim): tests that compose the config with Hydra's compose API need it.
+import xlmtrain.__main__  # noqa: F401, E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
