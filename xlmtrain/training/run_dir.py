@@ -184,7 +184,9 @@ class RunDir:
         elif Path(resume).is_file():
             checkpoint = resume
         else:
-            raise FileNotFoundError(f"resume={resume}: no such checkpoint (use auto, never or a .ckpt path)")
+            raise FileNotFoundError(
+                f"resume.checkpoint={resume}: no such checkpoint (give an existing .ckpt, or resume=auto|never)"
+            )
         if record is not None and record.run_id:
             run_id = record.run_id
         elif self.started is not None:
