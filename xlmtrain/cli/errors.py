@@ -21,13 +21,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 
-def own_errors() -> tuple[type[BaseException], ...]:
-    """The error types reported as one line (imported when needed: the CLI imports Lightning only once the
-    config passed its check)."""
+def is_own_error(error: BaseException) -> bool:
+    """Whether `error` is reported as one line. The training-side types are imported only when the common ones do
+    not match: a config error is reported without importing Lightning (the CLI checks the config first)."""
+    if isinstance(error, (ValueError, FileNotFoundError, KeyboardInterrupt)):
+        return True
     from xlmtrain.training.numerics import NumericsStopped
     from xlmtrain.training.run_lock import RunLockedError
 
-    return (ValueError, FileNotFoundError, RunLockedError, NumericsStopped, KeyboardInterrupt)
+    return isinstance(error, (RunLockedError, NumericsStopped))
 
 
 @dataclass
@@ -49,7 +51,7 @@ def one_line_errors() -> Iterator[Outcome]:
     try:
         yield outcome
     except BaseException as error:
-        if not isinstance(error, own_errors()) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if not is_own_error(error) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         outcome.error = error
         message = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else one_line(error)
