@@ -89,9 +89,9 @@ def test_another_run_in_the_same_run_dir_is_refused_in_one_line(synthetic_prep: 
     cpu, elapsed = _children_cpu_s() - cpu_before, time.monotonic() - started
     line = _error_line(done)
     assert "model.emb_dim (64 -> 256)" in line and "run_name=" in line and "resume=never" in line, line
-    # Refused before any work: its CPU time is Python's start-up. Wall time is bounded loosely only, since on a
-    # shared machine it measures the other processes (30 s quiet; measured 31.6 s wall / 8.8 s CPU at load 14).
-    assert cpu < 30 and elapsed < 120, f"refused after {cpu:.0f} s of CPU, {elapsed:.0f} s"
+    # Refused before any work: its CPU time is Python's start-up (9 s measured at load 18, where the wall time was
+    # 174 s: on a shared machine wall time measures the other processes, so it is reported, not asserted).
+    assert cpu < 30, f"refused after {cpu:.0f} s of CPU ({elapsed:.0f} s wall)"
     assert _tree(run_dir) == before, "the first run's files were touched"
 
     # A safe change continues the same run, and run.json says so.
