@@ -352,7 +352,7 @@ class PretrainModule(pl.LightningModule):
 
 
 def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
-    return {"objective": spec.objective, "langs": spec.langs, "lambda_": spec.lambda_, "weight": spec.weight}
+    return {"objective": spec.objective, "langs": spec.lang_key, "lambda_": spec.lambda_, "weight": spec.weight}
 
 
 def _key(name: str) -> str:
