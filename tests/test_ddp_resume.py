@@ -43,10 +43,11 @@ from xlmtrain.training.rng import CPU_KEY
 
 pytestmark = pytest.mark.slow
 
-MAX_STEPS, EVERY, KILL_AFTER = 32, 8, 11  # the kill lands past the step-8 checkpoint, 20 steps before the end
+MAX_STEPS, EVERY, KILL_AFTER = 24, 6, 8  # the kill lands past the step-6 checkpoint, 16 steps before the end
+TIMEOUT = 1800  # seconds per run: a 2-process run takes ~1 min alone, far longer on a shared, loaded machine
 DROPOUT = ["model.dropout=0.1", "model.attention_dropout=0.1"]  # the tiny model has none by default
 SETTINGS = [f"trainer.max_steps={MAX_STEPS}", f"checkpoint.every_n_train_steps={EVERY}",
-            "trainer.val_check_interval=16", "export=false", *DROPOUT]  # fmt: skip
+            "trainer.val_check_interval=12", "export=false", *DROPOUT]  # fmt: skip
 
 
 def _args(prep: Path, run_dir: Path) -> list[str]:
@@ -57,7 +58,7 @@ def _args(prep: Path, run_dir: Path) -> list[str]:
 def reference(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted 2-process run."""
     run_dir = tmp_path_factory.mktemp("ddp_reference") / "run"
-    run(_args(synthetic_prep, run_dir), run_dir.parent, timeout=600)
+    run(_args(synthetic_prep, run_dir), run_dir.parent, timeout=TIMEOUT)
     return run_dir
 
 
@@ -66,7 +67,7 @@ def killed(synthetic_prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """The same 2-process run SIGKILLed (both ranks, as a node failure would) after step KILL_AFTER was logged."""
     run_dir = tmp_path_factory.mktemp("ddp_killed") / "run"
     proc = start(_args(synthetic_prep, run_dir), run_dir.parent, new_session=True)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + TIMEOUT
     while not any(r["step"] >= KILL_AFTER for r in train_rows(run_dir)):
         if proc.poll() is not None or time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -125,7 +126,7 @@ def test_sigkilled_two_process_run_restarted_is_bit_identical(
     assert max(r["step"] for r in train_rows(killed)) >= KILL_AFTER  # rows the restart must not duplicate
 
     before = checkpoint_steps(killed)
-    out = run(_args(synthetic_prep, killed), killed.parent, timeout=600)
+    out = run(_args(synthetic_prep, killed), killed.parent, timeout=TIMEOUT)
     assert before[resumed_from(out, killed)] == saved_step
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out, out
     ours, theirs = ([(r["step"], r["train_loss"], r["lr"]) for r in train_rows(d)] for d in (killed, reference))
