@@ -165,8 +165,8 @@ def phase_baseline(root: Path) -> None:
 
 
 def phase_iterate(root: Path, n_batches: int) -> None:
+    from xlmtrain.data.corpus_batches import SentenceBatches, StreamBatches
     from xlmtrain.data.preprocessed import PreprocessedData
-    from xlmtrain.data.streams import SentenceBatches, StreamBatches
 
     data = PreprocessedData(root / "out-w2")
     for lang in data.manifest["monolingual"]:

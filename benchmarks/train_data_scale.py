@@ -32,7 +32,7 @@ def _source(directory: Path):  # noqa: ANN202
     specs = [StreamSpec("mlm", lang) for lang in data.manifest["monolingual"]]
     specs += [StreamSpec("tlm", pair) for pair in data.pairs]
     dico = data.dictionary
-    return PretrainBatches(specs, data, n_words=len(dico), counts=dico.counts, batching=BatchSettings(),
+    return PretrainBatches(specs, data, vocab_size=len(dico), counts=dico.counts, batching=BatchSettings(),
                            masking=MaskingSettings(), seed=0)  # fmt: skip
 
 

@@ -69,10 +69,10 @@ def model_config(shape: Shape) -> XLMConfig:
 
 def _hf_inputs(batch: LMBatch) -> dict[str, torch.Tensor]:
     labels = torch.full_like(batch.input_ids, -100)
-    labels[batch.pred_mask] = batch.targets  # run_mlm's collator: -100 at every unmasked position
+    labels[batch.pred_mask] = batch.labels  # run_mlm's collator: -100 at every unmasked position
     inputs = {"input_ids": batch.input_ids, "langs": batch.langs, "lengths": batch.lengths, "labels": labels}
-    if batch.positions is not None:
-        inputs["position_ids"] = batch.positions
+    if batch.position_ids is not None:
+        inputs["position_ids"] = batch.position_ids
     return inputs
 
 
@@ -81,7 +81,7 @@ def make_batch(objective: str, shape: Shape, bs: int, slen: int, generator: torc
     if objective == "mlm":
         ids = torch.randint(FIRST_WORD, shape.vocab, (bs, slen), generator=generator)
         lengths = torch.full((bs,), slen)
-        positions, langs = None, constant_langs(ids, 0)
+        position_ids, langs = None, constant_langs(ids, 0)
     else:
         half = slen // 2
         sides = []
@@ -93,9 +93,9 @@ def make_batch(objective: str, shape: Shape, bs: int, slen: int, generator: torc
             x[torch.arange(bs), lens - 1] = EOS_INDEX
             sides += [x, lens]
         pair = concat_pair(*sides, lang1_id=0, lang2_id=1, pad_index=PAD_INDEX)
-        ids, lengths, positions, langs = pair.ids, pair.lengths, pair.positions, pair.langs
-    masked = mask_tokens(ids, lengths, n_words=shape.vocab, mask_index=MASK_INDEX, generator=generator)
-    batch = LMBatch(masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False)
+        ids, lengths, position_ids, langs = pair.ids, pair.lengths, pair.position_ids, pair.langs
+    masked = mask_tokens(ids, lengths, vocab_size=shape.vocab, mask_index=MASK_INDEX, generator=generator)
+    batch = LMBatch(masked.input_ids, lengths, position_ids, langs, masked.pred_mask, masked.labels, causal=False)
     # As `PretrainBatches` hands it to the training step: the predicted positions laid out on the host.
     return Pair(with_host_layout(batch), _hf_inputs(batch))
 
@@ -129,9 +129,9 @@ class TrainingLoss(nn.Module):
         return self.model.masked_lm_loss(
             batch.input_ids,
             batch.pred_mask if batch.selected is None else batch.selected,
-            batch.targets,
+            batch.labels,
             langs=batch.langs,
-            position_ids=batch.positions,
+            position_ids=batch.position_ids,
             lengths=batch.lengths,
             causal=batch.causal,
             padded=batch.padded,
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         for objective in args.objectives.split(","):
             generator = torch.Generator().manual_seed(1)
             batches = [to_device(make_batch(objective, shape, bs, slen, generator), device) for _ in range(4)]
-            n_pred = statistics.mean(b.xlm.targets.numel() for b in batches)
+            n_pred = statistics.mean(b.xlm.labels.numel() for b in batches)
             steps = {
                 name: _cycle(
                     # Defaults bind this model's loss and optimizer once, at definition (on purpose).

@@ -121,3 +121,19 @@ def test_readme_recipes_exist() -> None:
     quoted = {m for p in readmes for m in re.findall(r"\+recipe=([A-Za-z0-9_]+)", p.read_text())}
     assert quoted, "the recipe READMEs quote +recipe=NAME commands"
     assert quoted <= set(RECIPES), f"READMEs quote unknown recipes: {quoted - set(RECIPES)}"
+
+
+def test_preprocess_knobs_are_the_dataclass_defaults() -> None:
+    """conf/preprocess.yaml restates no knob: the composed knobs are `PreprocessSettings`' defaults (stored from the
+    dataclass by the CLI module), each settable on the command line without `+`."""
+    import dataclasses
+
+    import xlmtrain.preprocess  # noqa: F401  (the CLI stores the `preprocess_settings` node)
+    from xlmtrain.data.pipeline import PreprocessSettings
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("preprocess", overrides=["input=a", "output=b", "min_count=3"])
+    knobs = {
+        k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("input", "output", "force", "step", "shard")
+    }
+    assert knobs == {**dataclasses.asdict(PreprocessSettings()), "min_count": 3}

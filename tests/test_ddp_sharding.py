@@ -17,7 +17,7 @@ SPECS = [StreamSpec("mlm", "io"), StreamSpec("clm", "vo"), StreamSpec("tlm", "io
 def _batches(prep: Path, rank: int, world: int, n: int, **batching: int) -> list[TrainItem]:
     data = PreprocessedData(prep)
     source = PretrainBatches(
-        SPECS, data, n_words=len(data.dictionary), mask_index=data.dictionary.mask_index,
+        SPECS, data, vocab_size=len(data.dictionary), mask_index=data.dictionary.mask_index,
         pad_index=data.dictionary.pad_index, counts=data.dictionary.counts,
         batching=BatchSettings(**{"batch_size": 6, "bptt": 16, **batching}), masking=MaskingSettings(), seed=3,
     )  # fmt: skip
@@ -42,13 +42,13 @@ def test_rank_slices_union_is_the_single_process_batch(synthetic_prep: Path, wor
     for k, item in enumerate(whole):
         parts = [r[k] for r in ranks]
         assert [p.stream for p in parts] == [item.stream] * world, f"batch {k}: ranks drew different streams"
-        assert [p.index for p in parts] == [k] * world and {p.lam for p in parts} == {item.lam}
+        assert [p.index for p in parts] == [k] * world and {p.lambda_ for p in parts} == {item.lambda_}
         b = item.batch
         width = b.input_ids.shape[1]
         rows = [p.batch.input_ids.shape[0] for p in parts]
         assert sum(rows) == b.input_ids.shape[0] and max(rows) - min(rows) <= 1
         real = torch.arange(width)[None, :] < b.lengths[:, None]  # (bs, width)
-        for name in ("input_ids", "pred_mask", "langs", "positions"):
+        for name in ("input_ids", "pred_mask", "langs", "position_ids"):
             mine = [getattr(p.batch, name) for p in parts]
             if getattr(b, name) is None:
                 assert all(m is None for m in mine)
@@ -59,7 +59,7 @@ def test_rank_slices_union_is_the_single_process_batch(synthetic_prep: Path, wor
             torch.testing.assert_close(joined[real], getattr(b, name)[real], rtol=0, atol=0, msg=name)
         assert not b.pred_mask[~real].any()
         torch.testing.assert_close(torch.cat([p.batch.lengths for p in parts]), b.lengths)
-        torch.testing.assert_close(torch.cat([p.batch.targets for p in parts]), b.targets)
+        torch.testing.assert_close(torch.cat([p.batch.labels for p in parts]), b.labels)
         assert all(p.batch.causal == b.causal for p in parts)
 
 
@@ -72,11 +72,11 @@ def test_validation_union_does_not_depend_on_world_size(synthetic_prep: Path) ->
     data = PreprocessedData(synthetic_prep)
 
     def items(rank: int, world: int) -> list:
-        source = ValidBatches(SPECS, data, n_words=len(data.dictionary), mask_index=data.dictionary.mask_index,
+        source = ValidBatches(SPECS, data, vocab_size=len(data.dictionary), mask_index=data.dictionary.mask_index,
                               pad_index=data.dictionary.pad_index, masking=MaskingSettings(),
                               batching=BatchSettings(valid_batch_size=8, bptt=16, valid_max_batches=4))  # fmt: skip
         source.configure(rank=rank, world_size=world)
-        return [(i.stream, i.batch.input_ids.tolist(), i.batch.targets.tolist()) for i in source]
+        return [(i.stream, i.batch.input_ids.tolist(), i.batch.labels.tolist()) for i in source]
 
     whole = items(0, 1)
     split = items(0, 2) + items(1, 2)

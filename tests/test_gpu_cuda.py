@@ -83,10 +83,10 @@ def test_bf16_autocast_stays_close_to_fp32_on_cuda() -> None:
     inputs = {"langs": batch.langs, "lengths": batch.lengths, "padded": batch.padded}
     with torch.no_grad():
         fp32 = model(batch.input_ids, pred_mask=batch.selected, **inputs).logits
-        ce32 = model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, **inputs)
+        ce32 = model.masked_lm_loss(batch.input_ids, batch.selected, batch.labels, **inputs)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bf16 = model(batch.input_ids, pred_mask=batch.selected, **inputs).logits.float()
-            ce16 = model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, **inputs).float()
+            ce16 = model.masked_lm_loss(batch.input_ids, batch.selected, batch.labels, **inputs).float()
     torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.1)
     torch.testing.assert_close(ce16, ce32, rtol=0.02, atol=0)
 
@@ -97,12 +97,12 @@ def test_training_loss_has_no_host_sync_on_cuda(causal: bool) -> None:
     model = XLMWithLMHead(_config(dropout=0.1, attention_dropout=0.1)).train().to(CUDA)
     batch = _to(_batch(causal=causal), CUDA)
     inputs = {"langs": batch.langs, "lengths": batch.lengths, "causal": causal, "padded": batch.padded}
-    model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, **inputs).sum().backward()  # warm-up
+    model.masked_lm_loss(batch.input_ids, batch.selected, batch.labels, **inputs).sum().backward()  # warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, **inputs)
+            losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.labels, **inputs)
         losses.sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -117,7 +117,7 @@ def test_flash_attention_serves_unpadded_and_causal_batches(causal: bool) -> Non
     batch = _to(_batch(padded=False, causal=causal), CUDA)
     inputs = {"langs": batch.langs, "lengths": batch.lengths, "causal": causal, "padded": False}
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
-        losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, **inputs)
+        losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.labels, **inputs)
     losses.sum().backward()
     assert torch.isfinite(losses).all()
 

@@ -165,8 +165,8 @@ def _lm_batch(causal: bool, padded: bool):  # type: ignore[no-untyped-def]
     ids[1, int(lengths[1]) :] = 2
     pred_mask = (torch.rand(3, 7, generator=generator) < 0.4) & (torch.arange(7)[None] < lengths[:, None])
     pred_mask[:, 1] = True
-    targets = ids[pred_mask]
-    return with_host_layout(LMBatch(ids, lengths, None, None, pred_mask, targets, causal=causal))
+    labels = ids[pred_mask]
+    return with_host_layout(LMBatch(ids, lengths, None, None, pred_mask, labels, causal=causal))
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
@@ -182,9 +182,9 @@ def test_training_loss_with_the_host_layout_makes_no_host_sync(causal: bool, pad
     batch = _lm_batch(causal, padded)
     assert batch.padded is padded
     inputs = {"lengths": batch.lengths, "causal": causal}
-    reference = model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.targets, **inputs)
+    reference = model.masked_lm_loss(batch.input_ids, batch.pred_mask, batch.labels, **inputs)
     with _HostSyncs() as syncs:
-        losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.targets, padded=batch.padded, **inputs)
+        losses = model.masked_lm_loss(batch.input_ids, batch.selected, batch.labels, padded=batch.padded, **inputs)
         losses.sum().backward()
     assert syncs.seen == []
     torch.testing.assert_close(losses, reference, rtol=0, atol=0)
@@ -236,7 +236,7 @@ def _pretrain_batches(prep: Path):  # type: ignore[no-untyped-def]
     data = PreprocessedData(prep)
     specs = [StreamSpec("mlm", "io"), StreamSpec("tlm", "io-vo")]
     dico = data.dictionary
-    return PretrainBatches(specs, data, n_words=len(dico), mask_index=dico.mask_index, pad_index=dico.pad_index,
+    return PretrainBatches(specs, data, vocab_size=len(dico), mask_index=dico.mask_index, pad_index=dico.pad_index,
                            counts=dico.counts, batching=BatchSettings(batch_size=4, bptt=16), masking=MaskingSettings(), seed=3)  # fmt: skip
 
 
@@ -256,7 +256,7 @@ def test_background_batches_yield_the_same_items_and_checkpoint_states(synthetic
     assert [i.index for i in got] == [i.index for i in expected] == list(range(6))
     for a, b in zip(got, expected):
         assert a.stream == b.stream and a.n_targets == b.n_targets
-        assert torch.equal(a.batch.input_ids, b.batch.input_ids) and torch.equal(a.batch.targets, b.batch.targets)
+        assert torch.equal(a.batch.input_ids, b.batch.input_ids) and torch.equal(a.batch.labels, b.batch.labels)
     assert ahead.state_after(3) == expected_state
     background.close()
 

@@ -84,7 +84,7 @@ def test_linear_cross_entropy_equals_linear_then_cross_entropy(with_bias: bool) 
 
 
 def test_linear_cross_entropy_rejects_mismatched_shapes() -> None:
-    with pytest.raises(ValueError, match=r"targets \(n,\)"):
+    with pytest.raises(ValueError, match=r"labels \(n,\)"):
         linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), None, torch.zeros(3, dtype=torch.long))
 
 

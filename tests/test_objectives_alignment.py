@@ -211,7 +211,7 @@ def _pair_items(prep, rank: int, world: int, n: int):
 
     data = PreprocessedData(prep)
     source = PretrainBatches(
-        [StreamSpec("tlm", "io-vo"), StreamSpec("trans_rank", "io-vo")], data, n_words=len(data.dictionary),
+        [StreamSpec("tlm", "io-vo"), StreamSpec("trans_rank", "io-vo")], data, vocab_size=len(data.dictionary),
         mask_index=data.dictionary.mask_index, pad_index=data.dictionary.pad_index, counts=data.dictionary.counts, batching=BatchSettings(batch_size=5), masking=MaskingSettings(), seed=4,
     )  # fmt: skip
     source.configure(rank=rank, world_size=world)

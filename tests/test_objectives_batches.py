@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xlmtrain.objectives.batches import concat_pair, next_token_targets
+from xlmtrain.objectives.batches import concat_pair, next_token_labels
 
 E, P = 1, 2  # </s>, <pad>
 
@@ -21,7 +21,7 @@ def test_tlm_layout_positions_langs() -> None:
         [E, 22, E, E, 33, E, P, P, P],
     ]
     assert out.lengths.tolist() == [9, 6]
-    assert out.positions.tolist() == [
+    assert out.position_ids.tolist() == [
         [0, 1, 2, 3, 0, 1, 2, 3, 4],
         [0, 1, 2, 0, 1, 2, 0, 0, 0],  # padding at 0 (masked; XLM counts on), so long pairs stay in the table
     ]
@@ -34,10 +34,10 @@ def test_tlm_layout_positions_langs() -> None:
 
 def test_clm_targets_on_stream_and_pairs() -> None:
     stream = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
-    mask, targets = next_token_targets(stream, torch.tensor([4, 4]))
+    mask, labels = next_token_labels(stream, torch.tensor([4, 4]))
     assert mask.tolist() == [[True, True, True, False]] * 2
-    assert targets.tolist() == [6, 7, 8, 10, 11, 12]
+    assert labels.tolist() == [6, 7, 8, 10, 11, 12]
     padded = torch.tensor([[E, 20, E, P], [E, 21, 22, E]])
-    mask, targets = next_token_targets(padded, torch.tensor([3, 4]))
+    mask, labels = next_token_labels(padded, torch.tensor([3, 4]))
     assert mask.tolist() == [[True, True, False, False], [True, True, True, False]]
-    assert targets.tolist() == [20, E, 21, 22, E]
+    assert labels.tolist() == [20, E, 21, 22, E]

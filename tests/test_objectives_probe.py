@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from xlmtrain.data.corpus_batches import ParallelBatches
 from xlmtrain.data.preprocessed import PreprocessedData
-from xlmtrain.data.streams import ParallelBatches
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.masking import mask_tokens_eval
@@ -32,8 +32,8 @@ def test_probe_runs_same_targets_in_both_conditions(synthetic_prep: Path) -> Non
     batches = ParallelBatches(io, vo, batch_size=32, max_len=None, group_by_size=False, shuffle=False)
     for j, (_, (ids, lengths)) in enumerate(batches):  # the probe's vo batches, in corpus order
         masked = mask_tokens_eval(ids, lengths, mask_index=5, generator=torch.Generator().manual_seed(j))
-        n_dot += int((masked.targets == dot).sum())
-        n_targets += masked.targets.numel()
+        n_dot += int((masked.labels == dot).sum())
+        n_targets += masked.labels.numel()
     expected = 100.0 * n_dot / n_targets
     assert 3.0 < expected < 30.0  # "." is one target in several, never none or all
     alone = context_accuracy(model, data, "io", "vo", with_context=False)

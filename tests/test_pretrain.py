@@ -94,8 +94,8 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
     len2 = torch.tensor([len(c2[i]) + 2 for i in range(3)])
     pair = concat_pair(x1, len1, x2, len2, lang1_id=data.lang2id["io"], lang2_id=data.lang2id["vo"], pad_index=2)
     with torch.no_grad():
-        ours = module.model(pair.ids, langs=pair.langs, position_ids=pair.positions, lengths=pair.lengths).logits
-        theirs = hf(pair.ids, langs=pair.langs, position_ids=pair.positions, lengths=pair.lengths).logits
+        ours = module.model(pair.ids, langs=pair.langs, position_ids=pair.position_ids, lengths=pair.lengths).logits
+        theirs = hf(pair.ids, langs=pair.langs, position_ids=pair.position_ids, lengths=pair.lengths).logits
     real = torch.arange(pair.ids.shape[1])[None, :] < pair.lengths[:, None]
     torch.testing.assert_close(ours[real], theirs[real], rtol=1e-4, atol=1e-4)
 

@@ -140,3 +140,31 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     # Hydra itself snapshots the config into the run dir (.hydra/) before calling us; nothing of the job's.
     written = {p.name for p in (tmp_path / "r").iterdir()} if (tmp_path / "r").exists() else set()
     assert not written & {"checkpoints", "data.json", "run.json", "metrics.csv", "model"}, written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+recipe=tlm", "data.batching.batch_size=1.5"], "data.batching.batch_size: expected int, got 1.5 (float)"),
+        (["+recipe=xnli", "pretrained.lowercase=yes"], "pretrained.lowercase: expected bool, got 'yes' (str)"),
+    ],
+)
+def test_cli_checks_the_config_before_importing_the_training_stack(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    """What keeps a typo cheap: the schema check runs before Lightning and the job modules are imported
+    (`-X importtime` lists every module the process imported, on stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "xlmtrain", *overrides, f"run_dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    imports = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[1].strip() for line in imports}
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert [line for line in done.stderr.splitlines() if line not in imports] == [f"error: {message}"]
+    assert "xlmtrain.settings" in imported  # the listing is real: the schema's own module is in it
+    assert not {"lightning", "xlmtrain.jobs.pretrain", "xlmtrain.jobs.finetune"} & imported

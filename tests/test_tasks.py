@@ -356,6 +356,51 @@ def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_finetune_export_false_writes_no_model(tiny_pretrained: Path, tmp_path: Path) -> None:
+    run = tmp_path / "xnli"
+    summary = _finetune(
+        tiny_pretrained,
+        run,
+        "xnli",
+        "export=false",
+        "trainer.max_steps=2",
+        "task.batch_size=8",
+        "task.synthetic.n_train=16",
+        "task.synthetic.n_valid=8",
+        "task.synthetic.n_test=8",
+    )
+    assert (run / "results.csv").is_file() and "model" not in summary
+    assert not (run / "model").exists()
+
+
+@pytest.mark.slow
+def test_finetune_compile_true_compiles_the_model_in_place(tiny_pretrained: Path, tmp_path: Path) -> None:
+    from xlmtrain.__main__ import finetune_settings
+    from xlmtrain.jobs.finetune import setup
+
+    compiled = {}
+    for flag in ("false", "true"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                "xlmtrain",
+                overrides=[
+                    "+recipe=xnli",
+                    f"pretrained.path={tiny_pretrained}",
+                    f"run_dir={tmp_path / flag}",
+                    f"compile={flag}",
+                    "task.synthetic.n_train=16",
+                    "task.synthetic.n_valid=8",
+                    "task.synthetic.n_test=8",
+                ],
+            )
+        model = setup(finetune_settings(cfg)).module.model
+        # `nn.Module.compile` wraps the module's call in place (the state-dict keys stay the eager model's).
+        compiled[flag] = model._compiled_call_impl is not None
+        assert not any("_orig_mod" in key for key in model.state_dict())
+    assert compiled == {"false": False, "true": True}
+
+
+@pytest.mark.slow
 def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) -> None:
     from xlmtrain.data.synthetic import Meaning
 

@@ -48,18 +48,18 @@ def test_mlm_split_as_configured_is_80_10_10(synthetic_prep: Path, tmp_path: Pat
     the draw is seeded anyway). With N >= 20000 the sd of the mask share is <= 0.0029, so 5 sd = 0.014,
     and a 70/20/10 (or 90/5/5) split, 0.1 away, fails by more than 30 sd."""
     module, _, data = build(_cfg(synthetic_prep, tmp_path, "mlm", "data.batching.batch_size=128"))
-    n_words, mask = len(data.dictionary), data.dictionary.mask_index
+    vocab_size, mask = len(data.dictionary), data.dictionary.mask_index
     n = n_mask = n_keep = n_candidates = 0
     for item in module.train_batches:
         b = item.batch
         corrupted = b.input_ids[b.pred_mask]
-        n += len(b.targets)
+        n += len(b.labels)
         n_mask += int((corrupted == mask).sum())
-        n_keep += int((corrupted == b.targets).sum())
+        n_keep += int((corrupted == b.labels).sum())
         n_candidates += int((b.lengths - 1).sum())  # position 0 of a stream row is never a target
         if n >= 20000:
             break
-    for observed, p in ((n_mask / n, 0.8 + 0.1 / n_words), (n_keep / n, 0.1 + 0.1 / n_words)):
+    for observed, p in ((n_mask / n, 0.8 + 0.1 / vocab_size), (n_keep / n, 0.1 + 0.1 / vocab_size)):
         assert abs(observed - p) < 5 * math.sqrt(p * (1 - p) / n), (observed, p, n)
     # word_pred 0.15 of the candidate positions, same 5-sd bound.
     assert abs(n / n_candidates - 0.15) < 5 * math.sqrt(0.15 * 0.85 / n_candidates)
@@ -93,7 +93,7 @@ def _reference_items(cfg, n: int, accumulate: int):
 
 def _mean_ce(module, batch) -> torch.Tensor:
     """Mean CE at the batch's targets from the model's logits and `F.cross_entropy` (not the fused training loss)."""
-    return torch.nn.functional.cross_entropy(module(batch), batch.targets)
+    return torch.nn.functional.cross_entropy(module(batch), batch.labels)
 
 
 def _grads(module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -109,7 +109,7 @@ def _concat(items):
     cat = functools.partial(torch.cat, dim=0)
     return replace(batches[0], input_ids=cat([b.input_ids for b in batches]), lengths=cat([b.lengths for b in batches]),
                    langs=cat([b.langs for b in batches]), pred_mask=cat([b.pred_mask for b in batches]),
-                   targets=cat([b.targets for b in batches]))  # fmt: skip
+                   labels=cat([b.labels for b in batches]))  # fmt: skip
 
 
 ONE_STREAM = "objective.streams=[{objective: clm, langs: io, lambda_: 1, weight: 1}]"
@@ -126,7 +126,7 @@ def test_accumulation_is_one_update_of_the_k_fold_batch(synthetic_prep: Path, tm
     ref, items = _reference_items(cfg, k, accumulate=k)
     assert all(torch.equal(before[n], p) for n, p in ref.model.state_dict().items()), "same seed, same init"
     assert len({i.index for i in items}) == k, "k different micro-batches"
-    counts = [len(i.batch.targets) for i in items]
+    counts = [len(i.batch.labels) for i in items]
     assert len(set(counts)) == 1, counts
     mean_of_means = _grads(ref, sum(_mean_ce(ref, i.batch) for i in items) / k)
     big_batch = _grads(ref, _mean_ce(ref, _concat(items)))
@@ -147,7 +147,7 @@ def test_accumulated_micro_batches_use_the_update_step(synthetic_prep: Path, tmp
         "objective.streams=[{objective: clm, langs: io, lambda_: '0:0.5,10:1', weight: 1}]",
     )
     _, items = _reference_items(cfg, 30, accumulate=2)
-    assert [i.lam for i in items] == pytest.approx([min(1.0, 0.5 + 0.05 * (k // 2)) for k in range(30)])
+    assert [i.lambda_ for i in items] == pytest.approx([min(1.0, 0.5 + 0.05 * (k // 2)) for k in range(30)])
 
 
 def test_clipping_bounds_the_update_norm(synthetic_prep: Path, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_clipping_bounds_the_update_norm(synthetic_prep: Path, tmp_path: Path) -
     cfg = _cfg(synthetic_prep, tmp_path, "mlm", "trainer.max_steps=1", f"trainer.gradient_clip_val={clip}")
     before, after, _ = _sgd_update(cfg)
     ref, items = _reference_items(cfg, 1, accumulate=1)
-    grads = _grads(ref, _mean_ce(ref, items[0].batch) * items[0].lam)
+    grads = _grads(ref, _mean_ce(ref, items[0].batch) * items[0].lambda_)
     total = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))
     assert total > 100 * clip, "the gradient is far above the clip value, so clipping acts"
     update = {n: before[n] - after[n] for n in grads}

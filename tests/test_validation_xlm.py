@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF_DIR
 from xlmtrain.__main__ import run as run_job
+from xlmtrain.data.corpus_batches import ParallelBatches
 from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
-from xlmtrain.data.streams import ParallelBatches
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.transformer import XLMTransformer
 from xlmtrain.objectives.batches import concat_pair
@@ -50,13 +50,13 @@ def _unmasked_rows(batches: ValidBatches) -> list[list[int]]:
     rows = []
     for item in batches:
         ids = item.batch.input_ids.clone()
-        ids[item.batch.pred_mask] = item.batch.targets
+        ids[item.batch.pred_mask] = item.batch.labels
         rows += ids.tolist()
     return rows
 
 
 def _valid(data: _Data, lang: str, *, bptt: int, rows: int, split: str = "valid", **batching) -> ValidBatches:
-    return ValidBatches([StreamSpec("mlm", lang)], data, n_words=64, split=split, mask_index=Dictionary.mask_index,
+    return ValidBatches([StreamSpec("mlm", lang)], data, vocab_size=64, split=split, mask_index=Dictionary.mask_index,
                         pad_index=Dictionary.pad_index,
                         batching=BatchSettings(bptt=bptt, valid_batch_size=rows, **batching), masking=MaskingSettings())  # fmt: skip
 
@@ -103,8 +103,8 @@ def test_long_validation_pairs_use_restarted_positions() -> None:
     x1 = torch.tensor([[E, 20, 21, 22, 23, E], [E, 20, E, 2, 2, 2]])
     x2 = torch.tensor([[E, 30, 31, 32, 33, E], [E, 30, E, 2, 2, 2]])
     pair = concat_pair(x1, torch.tensor([6, 3]), x2, torch.tensor([6, 3]), lang1_id=0, lang2_id=0, pad_index=2)
-    assert pair.ids.shape == (2, 12) and int(pair.positions.max()) == 5
-    out = model(pair.ids, position_ids=pair.positions, lengths=pair.lengths)
+    assert pair.ids.shape == (2, 12) and int(pair.position_ids.max()) == 5
+    out = model(pair.ids, position_ids=pair.position_ids, lengths=pair.lengths)
     assert out.shape == (2, 12, 16)
     with pytest.raises(ValueError, match="sequence length 12 exceeds max_position_embeddings=8"):
         model(pair.ids, lengths=pair.lengths)

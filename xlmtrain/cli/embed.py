@@ -42,8 +42,9 @@ def embed_command(args: argparse.Namespace) -> None:
     moved into place when complete."""
     if not args.input.is_file():
         raise FileNotFoundError(f"{args.input}: --input file not found")
-    check_output(args.output, [args.input, args.model, args.tokenizer, args.codes], overwrite=args.overwrite,
-                 option="--output")  # fmt: skip
+    check_output(
+        args.output, [args.input, args.model, args.tokenizer, args.codes], overwrite=args.overwrite, option="--output"
+    )
     model = load_from_args(args)
     with atomic_output_file(args.output) as tmp:
         stats = embed_file(

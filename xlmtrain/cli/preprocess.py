@@ -1,21 +1,30 @@
-"""`python -m xlmtrain.preprocess input=DIR output=DIR [knob=value ...]`: see conf/preprocess.yaml.
+"""`python -m xlmtrain.preprocess input=DIR output=DIR [knob=value ...]`: the knobs are `PreprocessSettings`' fields.
 
 Sharded: `step=learn`, then `shard=I/N` for I in 0..N-1 (anywhere that sees the same paths), then `step=merge`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.pipeline import PreprocessSettings, preprocess
+from xlmtrain.settings import typed
 
 CONF_DIR = str(conf_dir())
+
+# The knobs' node (`preprocess_settings`, first in conf/preprocess.yaml's defaults) is built from
+# `PreprocessSettings`' own defaults: they live once, in the dataclass, and every knob can still be set on the
+# command line (`bpe_merges=100`) and listed (`python -m xlmtrain.preprocess --cfg job input=. output=.`).
+KNOBS = {f.name: f.default for f in dataclasses.fields(PreprocessSettings)}
+ConfigStore.instance().store(name="preprocess_settings", node=KNOBS)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="preprocess", version_base="1.3")
@@ -27,8 +36,14 @@ def main(cfg: DictConfig) -> None:
     force, step, shard = knobs.pop("force"), knobs.pop("step"), knobs.pop("shard")
     start = time.perf_counter()
     try:
-        manifest = preprocess(input_dir, output_dir, PreprocessSettings(**knobs), force=force, step=step,
-                              shard=None if shard is None else str(shard))  # fmt: skip
+        manifest = preprocess(
+            input_dir,
+            output_dir,
+            typed(PreprocessSettings, knobs, ""),
+            force=force,
+            step=step,
+            shard=None if shard is None else str(shard),
+        )
     except (ValueError, ImportError, OSError) as err:  # PreprocessError and the others name the file/setting
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -37,8 +52,10 @@ def main(cfg: DictConfig) -> None:
         print(f"{manifest['step']} done in {elapsed:.1f}s: {manifest['output']}")
         return
     counts = {name: c["sentences"] for name, c in manifest["counts"].items()}
-    print(f"{output_dir}: {len(manifest['languages'])} languages, vocab {manifest['vocab_size']}, "
-          f"{elapsed:.1f}s; sentences {json.dumps(counts)}")  # fmt: skip
+    print(
+        f"{output_dir}: {len(manifest['languages'])} languages, vocab {manifest['vocab_size']}, "
+        f"{elapsed:.1f}s; sentences {json.dumps(counts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     """Exit code 0, or 2 with a one-line `error: ...` on bad input (no runs, a bad results.csv, a repeated seed)."""
     parser = argparse.ArgumentParser(prog="python -m xlmtrain.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="folder holding the sweep's run dirs")
-    parser.add_argument("--select", choices=RULES, default="en_dev",
-                        help="en_dev: one configuration by the training language's dev (zero-shot honest); "
-                        "target_dev: per language by its dev (as XLM's authors); oracle: per language by test")  # fmt: skip
+    parser.add_argument(
+        "--select",
+        choices=RULES,
+        default="en_dev",
+        help="en_dev: one configuration by the training language's dev (zero-shot honest); "
+        "target_dev: per language by its dev (as XLM's authors); oracle: per language by test",
+    )
     parser.add_argument("--train-lang", default="en", help="the fine-tuning language (en_dev selects on its dev)")
     parser.add_argument("--out", type=Path, help="output folder (default: SWEEP_DIR)")
     args = parser.parse_args(argv)

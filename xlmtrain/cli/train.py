@@ -5,17 +5,20 @@ The config's `job` names the job: `pretrain` (default, `xlmtrain.jobs.pretrain`)
 reads the pretraining/fine-tuning config. The whole composed config is checked first, before any work
 (`PretrainConfig` / `FinetuneConfig` below, `xlmtrain.settings`): an unknown key or a value of the wrong
 type, in our settings or in the arguments of a `_target_` node, exits with code 2 and one line
-(`error: data.batching.batch_size: expected int, got 1.5 (float)`). Then the `_target_` nodes (optimizer and
-scheduler factories, the Trainer as a partial, loggers, callbacks) are instantiated and the job runs.
+(`error: data.batching.batch_size: expected int, got 1.5 (float)`). The schema's blocks come from the
+Lightning-free `jobs/*_config.py`; the job modules (and Lightning) are imported only once the settings passed,
+so a bad value fails in seconds. Then the `_target_` nodes (optimizer and scheduler factories, the Trainer as a
+partial, loggers, callbacks) are instantiated and the job runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
@@ -23,10 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from xlmtrain.config_dir import conf_dir
-from xlmtrain.jobs.finetune import FinetuneSettings, PretrainedModel, TaskSettings, finetune
-from xlmtrain.jobs.pretrain import DataSettings, ObjectiveSettings, PretrainSettings, pretrain
-from xlmtrain.model.config import XLMConfig
+from xlmtrain.jobs.finetune_config import PretrainedModel, TaskSettings
+from xlmtrain.jobs.pretrain_config import DataSettings, ObjectiveSettings
 from xlmtrain.settings import SettingsError, check_call, typed
+
+if TYPE_CHECKING:
+    from xlmtrain.jobs.finetune import FinetuneSettings
+    from xlmtrain.jobs.pretrain import PretrainSettings
 
 # ---------------------------------------------------------------- the config tree's schema
 
@@ -69,9 +75,9 @@ class RunConfig:
     seed: int
     checkpoint: Checkpointing
     export: bool
-    """Pretraining: export <run_dir>/model/ and the training-curve plot at the end (fine-tuning always does)."""
+    """Export <run_dir>/model/ at the end (and, pretraining, the training-curve plot)."""
     compile: bool
-    """Pretraining: torch.compile the model's forward in place."""
+    """torch.compile the model's forward in place."""
     paths: Paths
     optim: Optim
     trainer: dict[str, Any]
@@ -104,6 +110,10 @@ class FinetuneConfig(RunConfig):
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     """The pretraining job's settings from a composed config; `SettingsError` (one line) on a bad key or value."""
     config = typed(PretrainConfig, _plain(cfg), "")
+    # Only a config that passed is worth the training stack's import time (Lightning, most of torch).
+    from xlmtrain.jobs.pretrain import PretrainSettings
+    from xlmtrain.model.config import XLMConfig
+
     _check_targets(config)
     model = dict(config.model)
     embed_init_std = model.pop("embed_init_std", None)
@@ -134,6 +144,8 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
     config = typed(FinetuneConfig, _plain(cfg), "")
     if config.optim.head_lr is None:
         raise SettingsError("optim.head_lr: missing (expected float)")
+    from xlmtrain.jobs.finetune import FinetuneSettings  # the training stack, once the config passed
+
     _check_targets(config)
     return FinetuneSettings(
         run_dir=config.run_dir,
@@ -146,6 +158,8 @@ def finetune_settings(cfg: DictConfig) -> FinetuneSettings:
         head_lr=config.optim.head_lr,
         trainer=instantiate(cfg.trainer, _partial_=True),
         loggers=[instantiate(c) for c in cfg.logger],
+        export=config.export,
+        compile=config.compile,
     )
 
 
@@ -173,11 +187,11 @@ def _check_targets(config: RunConfig) -> None:
 # ---------------------------------------------------------------- dispatch
 
 
-JOBS: dict[str, tuple[Callable[[DictConfig], Any], Callable[[Any], dict[str, Any]]]] = {
-    "pretrain": (pretrain_settings, pretrain),
-    "finetune": (finetune_settings, finetune),
+JOBS: dict[str, tuple[Callable[[DictConfig], Any], str]] = {
+    "pretrain": (pretrain_settings, "xlmtrain.jobs.pretrain:pretrain"),
+    "finetune": (finetune_settings, "xlmtrain.jobs.finetune:finetune"),
 }
-"""`job:` value -> (settings from the config, the job)."""
+"""`job:` value -> (settings from the config, the job as `module:function`, imported once the settings passed)."""
 
 
 def job_and_settings(cfg: DictConfig) -> tuple[Callable[[Any], dict[str, Any]], Any]:
@@ -185,7 +199,9 @@ def job_and_settings(cfg: DictConfig) -> tuple[Callable[[Any], dict[str, Any]], 
     if cfg.get("job") not in JOBS:
         raise SettingsError(f"job: expected one of {', '.join(JOBS)}, got {cfg.get('job')!r}")
     to_settings, job = JOBS[cfg.job]
-    return job, to_settings(cfg)
+    settings = to_settings(cfg)
+    module, function = job.split(":")
+    return getattr(importlib.import_module(module), function), settings
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

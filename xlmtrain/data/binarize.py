@@ -29,8 +29,18 @@ from xlmtrain.data.dictionary import N_SPECIALS, Dictionary
 from xlmtrain.data.inputs import Decoder, InvalidUTF8Error, Source, read_rows
 from xlmtrain.data.moses import MosesPipeline
 
-__all__ = ["SAMPLE_BLOCK", "SPLITS", "BinarizeArgs", "BinarizeStats", "InvalidUTF8Error", "Job", "TokenizeStats",
-           "binarize_job", "ids_from_pieces", "sample_job"]  # fmt: skip
+__all__ = [
+    "SAMPLE_BLOCK",
+    "SPLITS",
+    "BinarizeArgs",
+    "BinarizeStats",
+    "InvalidUTF8Error",
+    "Job",
+    "TokenizeStats",
+    "binarize_job",
+    "ids_from_pieces",
+    "sample_job",
+]
 
 SPLITS = ("train", "valid", "test")
 SAMPLE_BLOCK = 1000
@@ -109,8 +119,9 @@ def sample_job(job: Job, work_dir: str, lowercase: bool, on_invalid_utf8: str) -
     return counts
 
 
-def _job_words(job: Job, work_dir: str, lowercase: bool, on_invalid_utf8: str,
-               stats: TokenizeStats) -> Iterator[tuple[str, list[list[str]]]]:  # fmt: skip
+def _job_words(
+    job: Job, work_dir: str, lowercase: bool, on_invalid_utf8: str, stats: TokenizeStats
+) -> Iterator[tuple[str, list[list[str]]]]:
     """`(split, words of each side)` of the job's kept rows, in order; the words of sample rows come from the
     sample's words file when there is one. A row skipped for invalid UTF-8 or with an empty side is counted in
     `stats` and dropped."""

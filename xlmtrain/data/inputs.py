@@ -95,8 +95,10 @@ def discover(input_dir: Path, columns: Columns = Columns()) -> list[Source]:
         if path.is_dir():
             m = _DATASET.match(path.name)
             if not m or not (path / "state.json").is_file():
-                raise PreprocessError(f"{path}: not an input (a folder must be a `datasets` save_to_disk folder named "
-                                 "<lang> or <l1>-<l2>)")  # fmt: skip
+                raise PreprocessError(
+                    f"{path}: not an input (a folder must be a `datasets` save_to_disk folder named "
+                    "<lang> or <l1>-<l2>)"
+                )
             add(_table_source(m[1], m[2], "arrow", path, columns), path)
         elif m := _TEXT_MONO.match(path.name):
             check_language(m[1], str(path))
@@ -123,8 +125,9 @@ def discover(input_dir: Path, columns: Columns = Columns()) -> list[Source]:
         a, b = sorted((l1, l2))
         add(Source(f"{a}-{b}", (a, b), "text", (files[a], files[b])), files[l1])
     if not found:
-        raise PreprocessError(f"input={input_dir}: no <lang>.txt, <l1>-<l2>.<lang>, .jsonl, .parquet or datasets "
-                              "inputs")  # fmt: skip
+        raise PreprocessError(
+            f"input={input_dir}: no <lang>.txt, <l1>-<l2>.<lang>, .jsonl, .parquet or datasets inputs"
+        )
     mono = sorted(n for n, s in found.items() if len(s.langs) == 1)
     para = sorted(n for n, s in found.items() if len(s.langs) == 2)
     return [found[n] for n in mono + para]
@@ -210,8 +213,10 @@ def _table_rows(source: Source) -> int:
         raise PreprocessError(f"{path}: cannot be read as {source.kind} ({err})") from None
     for column in source.columns:
         if column not in names:
-            raise PreprocessError(f"{path}: no column {column!r} (columns: {names}); set the column names with "
-                             "text_column= / pair_column= (training CLI: data.preprocess.text_column=...)")  # fmt: skip
+            raise PreprocessError(
+                f"{path}: no column {column!r} (columns: {names}); set the column names with "
+                "text_column= / pair_column= (training CLI: data.preprocess.text_column=...)"
+            )
     return n_rows
 
 
@@ -225,8 +230,9 @@ def _load_dataset(path: str):  # noqa: ANN202 (datasets.Dataset; imported lazily
     return dataset
 
 
-def read_rows(source: Source, starts: tuple[int, ...], first_line: int, n_lines: int,
-              decode: Decoder) -> Iterator[tuple[str | None, ...]]:  # fmt: skip
+def read_rows(
+    source: Source, starts: tuple[int, ...], first_line: int, n_lines: int, decode: Decoder
+) -> Iterator[tuple[str | None, ...]]:
     """The texts of rows `[first_line, first_line + n_lines)` (one per language), the reading starting at
     `starts` (one position per file). A text is None when its line was skipped for invalid UTF-8
     (`decode` counts what it repaired or skipped).
@@ -264,8 +270,9 @@ class Decoder:
             return raw.decode("utf-8", errors="replace") if self.on_invalid == "replace" else None
 
 
-def _text_rows(source: Source, starts: tuple[int, ...], first_line: int, n_lines: int,
-               decode: Decoder) -> Iterator[tuple[str | None, ...]]:  # fmt: skip
+def _text_rows(
+    source: Source, starts: tuple[int, ...], first_line: int, n_lines: int, decode: Decoder
+) -> Iterator[tuple[str | None, ...]]:
     files = [open(p, "rb") for p in source.paths]
     try:
         for f, off in zip(files, starts):
@@ -278,8 +285,9 @@ def _text_rows(source: Source, starts: tuple[int, ...], first_line: int, n_lines
             f.close()
 
 
-def _jsonl_rows(source: Source, start: int, first_line: int, n_lines: int,
-                decode: Decoder) -> Iterator[tuple[str | None, ...]]:  # fmt: skip
+def _jsonl_rows(
+    source: Source, start: int, first_line: int, n_lines: int, decode: Decoder
+) -> Iterator[tuple[str | None, ...]]:
     path = source.paths[0]
     with open(path, "rb") as f:
         f.seek(start)
@@ -294,8 +302,9 @@ def _jsonl_rows(source: Source, start: int, first_line: int, n_lines: int,
             except json.JSONDecodeError as err:
                 raise PreprocessError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
-                raise PreprocessError(f"{where}: expected a JSON object with {list(source.columns)}, "
-                                      f"got {type(row).__name__}")  # fmt: skip
+                raise PreprocessError(
+                    f"{where}: expected a JSON object with {list(source.columns)}, got {type(row).__name__}"
+                )
             yield tuple(_cell(row.get(c, _MISSING), c, where) for c in source.columns)
 
 
@@ -306,8 +315,9 @@ def _cell(value: object, column: str, where: str) -> str:
     if value is _MISSING:
         raise PreprocessError(f"{where}: no column {column!r} (set text_column= / pair_column=)")
     if not isinstance(value, str):
-        raise PreprocessError(f"{where}: column {column!r} is {'null' if value is None else type(value).__name__}, "
-                         "expected a string")  # fmt: skip
+        raise PreprocessError(
+            f"{where}: column {column!r} is {'null' if value is None else type(value).__name__}, expected a string"
+        )
     return _LINE_BREAKS.sub(" ", value)
 
 

@@ -174,8 +174,14 @@ class BuildPlan:
 def build_key(settings: PreprocessSettings, hashes: dict[str, str]) -> str:
     """THE key of a build: output settings, input content hashes, manifest and corpus format versions."""
     blob = json.dumps(
-        {"settings": settings.output_settings(), "inputs": hashes, "manifest": MANIFEST_VERSION,
-         "indexed": INDEXED_VERSION}, sort_keys=True)  # fmt: skip
+        {
+            "settings": settings.output_settings(),
+            "inputs": hashes,
+            "manifest": MANIFEST_VERSION,
+            "indexed": INDEXED_VERSION,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -194,8 +200,18 @@ def plan_build(input_dir: str | Path, settings: PreprocessSettings) -> BuildPlan
         for c in range(len(sc.starts[0])):
             lo, hi = c * s.chunk_lines, min((c + 1) * s.chunk_lines, sc.n_lines)
             if hi > lo:
-                jobs.append(Job(len(jobs), src, tuple(st[c] for st in sc.starts), lo, hi - lo,
-                                _in_range(valid, lo, hi), _in_range(test, lo, hi), per_block))  # fmt: skip
+                jobs.append(
+                    Job(
+                        len(jobs),
+                        src,
+                        tuple(st[c] for st in sc.starts),
+                        lo,
+                        hi - lo,
+                        _in_range(valid, lo, hi),
+                        _in_range(test, lo, hi),
+                        per_block,
+                    )
+                )
     return BuildPlan(input_dir, s, sources, scans, jobs, build_key(s, hashes))
 
 
@@ -310,13 +326,22 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def binarize_jobs(plan: BuildPlan, jobs: list[Job], work: Path, dico: Dictionary,
-                  pool: multiprocessing.pool.Pool | None) -> dict[int, JobStats]:  # fmt: skip
+def binarize_jobs(
+    plan: BuildPlan, jobs: list[Job], work: Path, dico: Dictionary, pool: multiprocessing.pool.Pool | None
+) -> dict[int, JobStats]:
     """Step 3: every job's arrays under `work/jobs/`; jobs finished by an earlier run (their marker file is
     there) are not redone."""
     s = plan.settings
-    args = BinarizeArgs(str(work), str(work / "codes"), str(work / "vocab.txt"), dico.dtype_name, s.max_len,
-                        s.long_lines, s.lowercase_and_strip_accents, s.on_invalid_utf8)  # fmt: skip
+    args = BinarizeArgs(
+        str(work),
+        str(work / "codes"),
+        str(work / "vocab.txt"),
+        dico.dtype_name,
+        s.max_len,
+        s.long_lines,
+        s.lowercase_and_strip_accents,
+        s.on_invalid_utf8,
+    )
     stats = {j.index: read_stats(j.done_path(work)) for j in jobs if j.done_path(work).is_file()}
     pending = [j for j in jobs if j.index not in stats]
     stats.update((j.index, r) for j, r in zip(pending, _each(_Binarize(args), pending, pool, "binarize", s.progress)))
@@ -335,14 +360,22 @@ def write_corpora(plan: BuildPlan, jobs: list[Job], work: Path, dtype: str, out:
                 with IndexedCorpusWriter(out / name, dtype) as writer:
                     for job in plan.jobs_of(src, jobs):
                         prefix = job.ids_prefix(work, split, side)
-                        writer.add_chunk(np.fromfile(f"{prefix}.tokens", dtype=dtype),
-                                         np.fromfile(f"{prefix}.lengths", dtype=np.int64))  # fmt: skip
+                        writer.add_chunk(
+                            np.fromfile(f"{prefix}.tokens", dtype=dtype),
+                            np.fromfile(f"{prefix}.lengths", dtype=np.int64),
+                        )
                 files += [f"{name}.json", f"{name}.tokens", f"{name}.offsets"]
     return files
 
 
-def write_manifest(plan: BuildPlan, out: Path, dico: Dictionary, files: list[str], counts: dict[str, dict],
-                   extra: dict[str, Any] | None = None) -> dict:  # fmt: skip
+def write_manifest(
+    plan: BuildPlan,
+    out: Path,
+    dico: Dictionary,
+    files: list[str],
+    counts: dict[str, dict],
+    extra: dict[str, Any] | None = None,
+) -> dict:
     """Step 5: `codes`, `vocab.txt` (from `out/.build` unless there), `hf_tokenizer/` and, last,
     `manifest.json`."""
     s, work = plan.settings, out / ".build"
@@ -394,8 +427,10 @@ def read_manifest(path: Path) -> dict:
 def ensure_not_input(input_dir: Path, output: Path) -> None:
     a, b = input_dir.resolve(), output.resolve()
     if a == b or a in b.parents or b in a.parents:
-        raise PreprocessError(f"output={output} overlaps input={input_dir}: the preprocessor never writes into or "
-                              "over its input; choose another output folder")  # fmt: skip
+        raise PreprocessError(
+            f"output={output} overlaps input={input_dir}: the preprocessor never writes into or "
+            "over its input; choose another output folder"
+        )
 
 
 def _open_work(output: Path, key: str, may_reset: bool) -> Path:
@@ -405,8 +440,9 @@ def _open_work(output: Path, key: str, may_reset: bool) -> Path:
     tag = work / "key"
     if tag.is_file() and tag.read_text().strip() != key:
         if not may_reset:
-            raise PreprocessError(f"{work} holds the work of another build (other inputs or settings); run "
-                                  "step=learn again first")  # fmt: skip
+            raise PreprocessError(
+                f"{work} holds the work of another build (other inputs or settings); run step=learn again first"
+            )
         shutil.rmtree(work)
     (work / "jobs").mkdir(parents=True, exist_ok=True)
     if not tag.is_file():
@@ -454,8 +490,10 @@ def build(plan: BuildPlan, output: Path, force: bool = False) -> dict:
         dico = learn_codes_and_vocab(plan, work, pool)
         stats = binarize_jobs(plan, plan.jobs, work, dico, pool)
     files = write_corpora(plan, plan.jobs, work, dico.dtype_name, output)
-    counts = {src.name: _source_counts(plan.scans[src.name].n_lines, [stats[j.index] for j in plan.jobs_of(src)])
-              for src in plan.sources}  # fmt: skip
+    counts = {
+        src.name: _source_counts(plan.scans[src.name].n_lines, [stats[j.index] for j in plan.jobs_of(src)])
+        for src in plan.sources
+    }
     return write_manifest(plan, output, dico, files, counts)
 
 
@@ -495,8 +533,10 @@ def build_shard(plan: BuildPlan, output: Path, index: int, n_shards: int) -> Pat
     work = _open_work(output, plan.key, may_reset=False)
     if not ((work / "codes").is_file() and (work / "vocab.txt").is_file()):
         if s.codes is None or s.vocab is None:
-            raise PreprocessError(f"{work}: no codes and vocab.txt; run step=learn first (same input, output and "
-                                  "settings), or give codes= and vocab=")  # fmt: skip
+            raise PreprocessError(
+                f"{work}: no codes and vocab.txt; run step=learn first (same input, output and "
+                "settings), or give codes= and vocab="
+            )
         learn_codes_and_vocab(plan, work, None)
     dico = Dictionary.read_vocab(work / "vocab.txt")
     jobs = shard_jobs(plan.jobs, index, n_shards)
@@ -505,8 +545,13 @@ def build_shard(plan: BuildPlan, output: Path, index: int, n_shards: int) -> Pat
     with _pool(s.workers, len(jobs)) as pool:
         stats = binarize_jobs(plan, jobs, work, dico, pool)
     files = write_corpora(plan, jobs, work, dico.dtype_name, shard)
-    record = {"cache_key": plan.key, "index": index, "n_shards": n_shards, "files": files,
-              "stats": {str(i): [vars(t), stats_dict(b)] for i, (t, b) in stats.items()}}  # fmt: skip
+    record = {
+        "cache_key": plan.key,
+        "index": index,
+        "n_shards": n_shards,
+        "files": files,
+        "stats": {str(i): [vars(t), stats_dict(b)] for i, (t, b) in stats.items()},
+    }
     tmp = shard / f"shard.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, done)
@@ -529,13 +574,17 @@ def merge_shards(plan: BuildPlan, output: Path) -> dict:
             records.append(record)
     sizes = {r["n_shards"] for r in records}
     if len(sizes) != 1:
-        raise PreprocessError(f"{output / 'shards'}: no complete set of shards of this build (found shard counts "
-                              f"{sorted(sizes)}); run shard=I/N for every I first")  # fmt: skip
+        raise PreprocessError(
+            f"{output / 'shards'}: no complete set of shards of this build (found shard counts "
+            f"{sorted(sizes)}); run shard=I/N for every I first"
+        )
     n_shards = sizes.pop()
     missing = sorted(set(range(n_shards)) - {r["index"] for r in records})
     if missing:
-        raise PreprocessError(f"{output / 'shards'}: shards {missing} of {n_shards} are not finished; run "
-                              f"shard={missing[0]}/{n_shards} first")  # fmt: skip
+        raise PreprocessError(
+            f"{output / 'shards'}: shards {missing} of {n_shards} are not finished; run "
+            f"shard={missing[0]}/{n_shards} first"
+        )
     records.sort(key=lambda r: r["index"])
     dico = Dictionary.read_vocab(output / ".build" / "vocab.txt")
     files = []
@@ -547,13 +596,21 @@ def merge_shards(plan: BuildPlan, output: Path) -> dict:
                 write_parts_header(output / name, parts)
                 files += [f"{name}.json", f"{name}.offsets"]
     stats = {int(i): (TokenizeStats(**t), stats_from_dict(b)) for r in records for i, (t, b) in r["stats"].items()}
-    counts = {src.name: _source_counts(plan.scans[src.name].n_lines, [stats[j.index] for j in plan.jobs_of(src)])
-              for src in plan.sources}  # fmt: skip
+    counts = {
+        src.name: _source_counts(plan.scans[src.name].n_lines, [stats[j.index] for j in plan.jobs_of(src)])
+        for src in plan.sources
+    }
     return write_manifest(plan, output, dico, files, counts, {"shards": n_shards})
 
 
-def preprocess(input_dir: str | Path, output_dir: str | Path, settings: PreprocessSettings | None = None,
-               force: bool = False, step: str = "all", shard: str | None = None) -> dict:  # fmt: skip
+def preprocess(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    settings: PreprocessSettings | None = None,
+    force: bool = False,
+    step: str = "all",
+    shard: str | None = None,
+) -> dict:
     """Run the preprocessor (or one step of a sharded build); returns the manifest (a cache hit returns the
     existing one at once; `step=learn` and `shard=I/N` return `{"step": ..., "output": ...}`).
 
@@ -604,10 +661,19 @@ def _build_vocab(word_counts: Counter[str], bpe: BPE, s: PreprocessSettings) -> 
 def _source_counts(n_lines: int, stats: Iterable[tuple[TokenizeStats, BinarizeStats]]) -> dict:
     """Every line of an input accounted for: lines = sum(sentences) + empty_dropped + too_long_dropped +
     invalid_utf8_dropped."""
-    c: dict[str, Any] = {"lines": n_lines, "empty_dropped": 0, "invalid_utf8": 0,
-                         "invalid_utf8_dropped": 0, "invalid_utf8_first": None, "too_long_dropped": 0, "truncated": 0,
-                         "special_tokens_dropped": 0, "unk_tokens": 0,
-                         "sentences": dict.fromkeys(SPLITS, 0), "tokens": dict.fromkeys(SPLITS, 0)}  # fmt: skip
+    c: dict[str, Any] = {
+        "lines": n_lines,
+        "empty_dropped": 0,
+        "invalid_utf8": 0,
+        "invalid_utf8_dropped": 0,
+        "invalid_utf8_first": None,
+        "too_long_dropped": 0,
+        "truncated": 0,
+        "special_tokens_dropped": 0,
+        "unk_tokens": 0,
+        "sentences": dict.fromkeys(SPLITS, 0),
+        "tokens": dict.fromkeys(SPLITS, 0),
+    }
     for t, b in stats:
         c["empty_dropped"] += t.empty_dropped + b.empty_dropped
         c["invalid_utf8"] += t.invalid_utf8

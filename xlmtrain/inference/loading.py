@@ -19,9 +19,7 @@ from xlmtrain.data.dictionary import Dictionary
 from xlmtrain.data.languages import check_language
 from xlmtrain.data.padding import pad_right
 from xlmtrain.data.tokenizer import XLMTokenizer
-from xlmtrain.interop.load import model_from_checkpoint, read_checkpoint
-from xlmtrain.interop.tokenizer import checkpoint_tokenizer
-from xlmtrain.interop.weights import CheckpointError
+from xlmtrain.interop.pretrained import load_model_and_tokenizer
 from xlmtrain.model.heads import XLMHeadModel
 
 log = logging.getLogger(__name__)
@@ -144,22 +142,13 @@ def load_inference_model(
         CheckpointError: unreadable model, missing codes, vocabulary size mismatch, wrong head.
         FileNotFoundError: no tokenizer found next to the model.
     """
-    checkpoint = read_checkpoint(path)
-    if need_lm_head and checkpoint.head not in ("lm", None):
-        raise CheckpointError(
-            f"{path}: carries a {checkpoint.head!r} head, not a masked-LM head; fill-mask needs a pretrained LM"
-        )
-    if need_lm_head and checkpoint.head is None:
-        raise CheckpointError(f"{path}: has no masked-LM output layer (bare encoder weights); fill-mask needs one")
-    model, _ = model_from_checkpoint(checkpoint, checkpoint.head or "lm", str(path))
-    tok = checkpoint_tokenizer(
-        checkpoint,
+    model, tok = load_model_and_tokenizer(
         path,
-        vocab_size=model.config.vocab_size,
         codes=codes,
         lowercase=lowercase,
-        codes_option="--codes FILE",
         tokenizer_dir=tokenizer,
+        codes_option="--codes FILE",
+        need_lm_head=need_lm_head,
     )
     return InferenceModel(model.eval(), tok, str(path))
 

@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from xlmtrain.data.synthetic import LANGUAGES as SYNTHETIC_LANGUAGES
 from xlmtrain.data.tokenizer import XLMTokenizer
+from xlmtrain.interop.pretrained import load_model_and_tokenizer
+from xlmtrain.jobs.finetune_config import KINDS, PretrainedModel, TaskSettings
 from xlmtrain.objectives.pretrain import OptimizerFactory, SchedulerFactory
 from xlmtrain.tasks.encoding import EncodedSet, collate, encode_pairs, encode_tagged
 from xlmtrain.tasks.finetune import FinetuneModule
-from xlmtrain.tasks.loading import load_pretrained
 from xlmtrain.tasks.readers import NLI_LABELS, Split, find_nli_data, find_tagging_data
 from xlmtrain.tasks.results import markdown_table, plot_results, write_csv
 from xlmtrain.tasks.synthetic_nli import synthetic_nli_data
@@ -38,81 +39,7 @@ from xlmtrain.training.run_data import read_run_data
 
 log = logging.getLogger(__name__)
 
-KINDS = {
-    # kind: (head, metric, plot file)
-    "pair_classification": ("sequence_classification", "accuracy", "xnli_accuracy.png"),
-    "token_classification": ("token_classification", "f1", "tagging_f1.png"),
-}
-
-
 # ---------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class SyntheticNLI:
-    """The synthetic NLI task (when there is no data dir), over the synthetic languages the model knows."""
-
-    n_train: int
-    n_valid: int
-    n_test: int
-    seed: int
-    shared_names: int | None
-    """None: the pretraining run's `data.synthetic.shared_names` (its data.json), else `DEFAULT_SHARED_NAMES`."""
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """The `task:` config block (conf/recipe/xnli.yaml, token_classification.yaml, which hold the defaults)."""
-
-    kind: str
-    """pair_classification (XNLI-style, accuracy) or token_classification (CoNLL tags, F1)."""
-    data_dir: Path | None
-    """Task data folder (see `tasks/readers.py`); None: the synthetic NLI task."""
-    synthetic: SyntheticNLI | None
-    """The synthetic NLI task's settings (used when `data_dir` is None)."""
-    train_langs: list[str] | None
-    """Fine-tuning languages; None: [en] with data_dir, [io] for the synthetic task."""
-    eval_langs: list[str] | None
-    """Languages evaluated; None: every language of the valid data."""
-    select_on: str
-    """Keep the checkpoint with the best valid metric of this language, or `avg` (mean over languages)."""
-    max_len: int
-    """Tokens per sentence, its `</s>`s included (XLM's max_len); longer sentences are clipped and counted."""
-    batch_size: int
-    """Training pairs / sentences per optimizer step."""
-    eval_batch_size: int
-    epoch_size: int
-    """Training examples per epoch (drawn at random, XLM's epoch_size); -1: one pass over the train data."""
-    finetune_layers: int | None
-    """Train only the top N layers (the embeddings count as layer 0); None: all; 0: the head only."""
-    head_dropout: float
-    """Dropout before the classifier of pair classification (XLM's glue-xnli `--dropout`, 0 there)."""
-    strict_langs: bool
-    """For a model with language embeddings: refuse (instead of skipping with one warning) evaluation languages
-    it has no embedding for. A training language it lacks is always refused; a model without language
-    embeddings takes any language."""
-    num_workers: int
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"task.kind: unknown {self.kind!r}; choose from {', '.join(KINDS)}")
-        for name in ("max_len", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < (3 if name == "max_len" else 1):
-                raise ValueError(f"task.{name}={getattr(self, name)} is too small")
-        if self.epoch_size == 0 or self.epoch_size < -1:
-            raise ValueError(f"task.epoch_size={self.epoch_size}: expected -1 or a positive number")
-
-
-@dataclass(frozen=True)
-class PretrainedModel:
-    """`pretrained`: the checkpoint fine-tuning starts from."""
-
-    path: Path
-    """An xlmtrain run dir, a transformers / xlmtrain model dir, or an original XLM .pth file."""
-    codes: Path | None
-    """The fastBPE codes of an original .pth (directories carry their merges)."""
-    lowercase: bool
-    """Lowercase and strip accents (an original .pth's text pipeline)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +58,10 @@ class FinetuneSettings:
     """`trainer(logger=..., callbacks=..., plugins=...)` -> `pl.Trainer`."""
     scheduler: SchedulerFactory | None = None
     loggers: list[Any] = field(default_factory=list)
+    export: bool = True
+    """Export the fine-tuned model (transformers XLM format, with tokenizer files) to <run_dir>/model/."""
+    compile: bool = False
+    """torch.compile the model's forward in place (state-dict keys unchanged), as pretraining's `compile`."""
 
 
 DEFAULT_SHARED_NAMES = 40
@@ -174,8 +105,14 @@ def setup(settings: FinetuneSettings) -> _Setup:
         labels = dict(enumerate(NLI_LABELS))  # XLM's order: contradiction 0, neutral 1, entailment 2
         overrides = {"num_labels": 3, "id2label": labels, "summary_first_dropout": task.head_dropout}
     pretrained = settings.pretrained
-    model, tokenizer = load_pretrained(str(Path(pretrained.path).expanduser()), head, codes=pretrained.codes,
-                                       lowercase=pretrained.lowercase, **overrides)  # fmt: skip
+    model, tokenizer = load_model_and_tokenizer(
+        Path(pretrained.path).expanduser(),
+        head,
+        codes=pretrained.codes,
+        lowercase=pretrained.lowercase,
+        codes_option="pretrained.codes=FILE",
+        **overrides,
+    )
     lang2id = model.config.lang2id or tokenizer.lang2id
     if task.kind == "pair_classification":
         data, train_langs = task_data(settings, list(lang2id))
@@ -209,6 +146,8 @@ def setup(settings: FinetuneSettings) -> _Setup:
         finetune_layers=task.finetune_layers,
         id2tag=tags,
     )
+    if settings.compile:
+        module.model.compile()  # in place: the best checkpoint and the export keep the eager model's keys
     return _Setup(
         module=module,
         tokenizer=tokenizer,
@@ -262,8 +201,12 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
     write_csv(module.results, run_dir / "results.csv", metric)
     (run_dir / "results.md").write_text(table + "\n")
     plot_results(module.results, run_dir / plot_name, metric, train_langs, 100 / 3 if metric == "accuracy" else None)
-    save_model(module.model, run_dir / "model", format="hf")
-    job.tokenizer.save_pretrained(run_dir / "model")
+    outputs = [run_dir / "results.csv", run_dir / "results.md", run_dir / plot_name]
+    if settings.export:
+        save_model(module.model, run_dir / "model", format="hf")
+        job.tokenizer.save_pretrained(run_dir / "model")
+        summary["model"] = str(run_dir / "model")
+        outputs.append(run_dir / "model")
     print(f"\n{kind} results ({metric} %, best checkpoint by valid_{select_on}; * = fine-tuning language)")
     print(table)
     final = module.results.get("test") or module.results["valid"]
@@ -274,9 +217,7 @@ def report(settings: FinetuneSettings, job: _Setup, trainer: pl.Trainer, best: M
         print(
             f"zero-shot {metric} on {', '.join(zero_shot)} (never seen in fine-tuning): {summary['zero_shot_avg']:.2f}{chance}"
         )
-    print(
-        f"results: {run_dir / 'results.csv'}, {run_dir / 'results.md'}, {run_dir / plot_name}; model: {run_dir / 'model'}"
-    )
+    print(f"outputs: {', '.join(map(str, outputs))}")
     return summary
 
 

@@ -21,17 +21,16 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 
-from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.data.preprocessed import PreprocessedData, ensure_preprocessed
 from xlmtrain.data.synthetic import write_corpus
 from xlmtrain.inference.callback import RetrievalCallback
+from xlmtrain.jobs.pretrain_config import DataSettings, ObjectiveSettings, StreamSettings, SyntheticCorpus
 from xlmtrain.model.config import XLMConfig
-from xlmtrain.objectives.alignment import AlignmentSettings
-from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches, ValidBatches
+from xlmtrain.objectives.data import PretrainBatches, ValidBatches
 from xlmtrain.objectives.pretrain import OptimizerFactory, PretrainModule, SchedulerFactory
 from xlmtrain.objectives.streams import StreamSpec, expand_langs
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO
@@ -45,67 +44,6 @@ TrainerFactory = Callable[..., pl.Trainer]
 
 
 # ---------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class SyntheticCorpus:
-    """`data.synthetic`: the bundled synthetic languages, generated when `data.dir` is null (conf/data/synthetic.yaml)."""
-
-    langs: tuple[str, ...]
-    n_mono: int
-    """Monolingual sentences per language."""
-    n_para: int
-    """Parallel sentence pairs per language pair."""
-    seed: int
-    shared_names: int
-    """Proper names spelt the same in every language (cross-lingual anchors); 0: none."""
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """`data`: where the text comes from, how raw text is preprocessed, and how batches are cut."""
-
-    dir: Path | None
-    """Raw or preprocessed data folder; None: the synthetic corpus."""
-    synthetic: SyntheticCorpus
-    preprocess: PreprocessSettings
-    batching: BatchSettings
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """One `objective.streams` entry: a `StreamSpec` whose `langs` may also be a pattern or a list
-    (`expand_langs`); `expand_streams` turns it into `StreamSpec`s."""
-
-    objective: str
-    """clm, mlm, tlm, or an alignment objective on a pair (trans_rank, xlco)."""
-    langs: str | tuple[str, ...]
-    """A language (`en`), an ordered pair (`en-fr`), `*` (every language), `*-*` (every stored pair),
-    `*<->*` (both directions of every pair), or a list of these (XLM's `--mlm_steps` list)."""
-    lambda_: str | float = StreamSpec.lambda_
-    """Loss coefficient: a constant or an XLM schedule such as `'0:1,1000:0.5'` (default: StreamSpec's, 1)."""
-    weight: float = StreamSpec.weight
-    """Relative sampling weight among streams, before language smoothing (default: StreamSpec's, 1)."""
-
-
-@dataclass(frozen=True)
-class ObjectiveSettings:
-    """`objective` (conf/objective/*.yaml): the streams, their mixture and masking."""
-
-    name: str
-    """The objective's name (the default run name)."""
-    streams: tuple[StreamSettings, ...]
-    lg_sampling_factor: float
-    """XLM's --lg_sampling_factor: < 0 uniform over languages; 0.5 / 0.7 as the paper / XLM-100."""
-    masking: MaskingSettings
-    monitor: str
-    """Validation metric that selects the best checkpoint (read by `callbacks.best`)."""
-    monitor_mode: Literal["min", "max"]
-    alignment: AlignmentSettings = AlignmentSettings()
-    """Pooling, margin, scales, gathering and XLCo's queue of the `trans_rank` / `xlco` streams."""
-    mixture: Literal["xlm", "weights"] = "xlm"
-    """How stream groups share the steps: `xlm` (XLM's loop: min(5, n) steps per group) or `weights` (the sum of
-    each group's stream weights); see `xlmtrain.objectives.streams`."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +101,7 @@ def setup(settings: PretrainSettings) -> tuple[PretrainModule, pl.Trainer, Prepr
     specs = expand_streams(settings.objective.streams, data)
     config = model_config(settings.model, data, settings.embed_init_std)
     dico = data.dictionary
-    common = dict(n_words=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
+    common = dict(vocab_size=len(dico), batching=settings.data.batching, masking=settings.objective.masking,
                   mask_index=dico.mask_index, pad_index=dico.pad_index)  # fmt: skip
     train = PretrainBatches(
         specs,

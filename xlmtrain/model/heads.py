@@ -138,7 +138,7 @@ class XLMWithLMHead(XLMHeadModel):
         return LMOutput(logits, loss, encoded.hidden_states)
 
     def masked_lm_loss(
-        self, input_ids: Tensor, pred_mask: Tensor | SelectedPositions, targets: Tensor, **inputs: Tensor | bool | None
+        self, input_ids: Tensor, pred_mask: Tensor | SelectedPositions, labels: Tensor, **inputs: Tensor | bool | None
     ) -> Tensor:
         """Per-target cross-entropy `(n_pred,)` at `pred_mask` (a bool mask or, with no host sync, its
         `SelectedPositions` layout; row-major), the training path: the encoder's
@@ -151,7 +151,7 @@ class XLMWithLMHead(XLMHeadModel):
         tied = tied and not torch.compiler.is_compiling()  # inductor fuses the plain ops itself
         slot = TiedGradSlot() if tied else None
         encoded = self._encode(input_ids, False, output_positions=pred_mask, word_grad_slot=slot, **inputs)
-        return linear_cross_entropy(encoded.last_hidden_state, proj.weight, proj.bias, targets, slot)  # (n_pred,)
+        return linear_cross_entropy(encoded.last_hidden_state, proj.weight, proj.bias, labels, slot)  # (n_pred,)
 
     def compile(self, *args: object, **kwargs: object) -> None:
         """`nn.Module.compile` (forward), and the training loss `masked_lm_loss` too; state-dict keys unchanged."""

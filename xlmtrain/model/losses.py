@@ -29,15 +29,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden: Tensor,
         weight: Tensor,
         bias: Tensor | None,
-        targets: Tensor,
+        labels: Tensor,
         slot: TiedGradSlot | None,
     ) -> Tensor:
         logits = hidden @ weight.t() if bias is None else torch.addmm(bias, hidden, weight.t())  # (n, V)
-        target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # (n,)
+        target_logits = logits.gather(1, labels[:, None]).squeeze(1)  # (n,)
         row_max = logits.amax(dim=1, keepdim=True)  # (n, 1)
         exp = logits.sub_(row_max).exp_()  # (n, V), in place: the logits are not needed any more
         sum_exp = exp.sum(dim=1)  # (n,)
-        ctx.save_for_backward(hidden, weight, exp, sum_exp, targets)
+        ctx.save_for_backward(hidden, weight, exp, sum_exp, labels)
         ctx.has_bias, ctx.slot = bias is not None, slot
         return sum_exp.log() + row_max.squeeze(1) - target_logits  # (n,) = logsumexp - target logit
 
@@ -45,41 +45,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_losses: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        hidden, weight, exp, sum_exp, targets = ctx.saved_tensors
+        hidden, weight, exp, sum_exp, labels = ctx.saved_tensors
         grad_losses = grad_losses.to(exp.dtype)
         row_scale = (grad_losses / sum_exp)[:, None]  # (n, 1)
         grad_hidden = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = (exp @ weight).mul_(row_scale).sub_(weight[targets] * grad_losses[:, None])  # (n, d)
+            grad_hidden = (exp @ weight).mul_(row_scale).sub_(weight[labels] * grad_losses[:, None])  # (n, d)
         if ctx.needs_input_grad[1] or ctx.slot is not None:
             grad_weight = exp.t() @ (hidden * row_scale)  # (V, d)
-            grad_weight.index_add_(0, targets, hidden * grad_losses[:, None], alpha=-1)
+            grad_weight.index_add_(0, labels, hidden * grad_losses[:, None], alpha=-1)
             if ctx.slot is not None:  # handed to the tied lookup's backward, which returns the sum
                 ctx.slot.grad, grad_weight = grad_weight, None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = row_scale.squeeze(1) @ exp  # (V,)
-            grad_bias.index_add_(0, targets, grad_losses, alpha=-1)
+            grad_bias.index_add_(0, labels, grad_losses, alpha=-1)
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, slot: TiedGradSlot | None = None
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, slot: TiedGradSlot | None = None
 ) -> Tensor:
-    """Per-row cross-entropy of `hidden @ weight.T + bias` against `targets`: (n,) from hidden (n, d),
-    weight (V, d), bias (V,) or None, targets (n,) int64 in [0, V). Fused for fp32 inputs; in other dtypes,
+    """Per-row cross-entropy of `hidden @ weight.T + bias` against `labels`: (n,) from hidden (n, d),
+    weight (V, d), bias (V,) or None, labels (n,) int64 in [0, V). Fused for fp32 inputs; in other dtypes,
     under autocast or under torch.compile it is the unfused pair, with the CE in fp32.
 
     With `slot` (weight tied to a `tied_embedding` lookup with the same slot) the weight's gradient is handed
     to that lookup's backward instead of being returned here."""
-    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(
-            f"hidden must be (n, d) and targets (n,), got {tuple(hidden.shape)} and {tuple(targets.shape)}"
-        )
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be (n, d) and labels (n,), got {tuple(hidden.shape)} and {tuple(labels.shape)}")
     # Low precision (autocast or bf16/fp16 weights) keeps its matmul and takes an fp32 softmax; under
     # torch.compile inductor fuses the pair itself.
     low_precision = torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != torch.float32
     if low_precision or torch.compiler.is_compiling():
-        return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="none")
+        return F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, reduction="none")
     if slot is not None:
         weight = weight.detach()  # its gradient travels through the slot
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, slot)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, slot)

@@ -20,10 +20,10 @@ class LMBatch:
     Attributes:
         input_ids: `(bs, slen)` ids fed to the model (already corrupted for MLM/TLM).
         lengths: `(bs,)` real tokens per row (padding is at the end).
-        positions: `(bs, slen)` position ids, or None for `arange(slen)`.
+        position_ids: `(bs, slen)` position ids, or None for `arange(slen)`.
         langs: `(bs, slen)` language ids, or None when the model has one language.
         pred_mask: `(bs, slen)` bool, where logits are computed.
-        targets: `(n_pred,)` ids to predict, row-major over `pred_mask`.
+        labels: `(n_pred,)` ids to predict, row-major over `pred_mask`.
         causal: True for CLM (left-to-right attention).
         selected: `pred_mask`'s layout for the encoder, computed on the host (`with_host_layout`), or None.
         padded: whether any row is shorter than `slen`, known on the host, or None (the encoder then reads it).
@@ -31,10 +31,10 @@ class LMBatch:
 
     input_ids: torch.Tensor
     lengths: torch.Tensor
-    positions: torch.Tensor | None
+    position_ids: torch.Tensor | None
     langs: torch.Tensor | None
     pred_mask: torch.Tensor
-    targets: torch.Tensor
+    labels: torch.Tensor
     causal: bool
     selected: SelectedPositions | None = None
     padded: bool | None = None
@@ -54,13 +54,13 @@ class PairLayout:
     Attributes:
         ids: `(bs, len1+len2 max)` `</s> a </s> </s> b </s> <pad>...`.
         lengths: `(bs,)` `len1 + len2`.
-        positions: `(bs, slen)` restarting at 0 where sentence b starts and counting on over padding.
+        position_ids: `(bs, slen)` restarting at 0 where sentence b starts and counting on over padding.
         langs: `(bs, slen)` `lang1_id` on the first `len1` tokens, `lang2_id` from there on (padding included).
     """
 
     ids: torch.Tensor
     lengths: torch.Tensor
-    positions: torch.Tensor
+    position_ids: torch.Tensor
     langs: torch.Tensor
 
 
@@ -94,19 +94,19 @@ def concat_pair(
     # the position table, as XLM accepts) must not index past the table there.
     positions = torch.where(in_b_real, cols - len1[:, None], torch.where(in_a, cols, 0))
     langs = torch.where(in_b, torch.full_like(cols, lang2_id), torch.full_like(cols, lang1_id))
-    return PairLayout(ids=ids, lengths=lengths, positions=positions, langs=langs)
+    return PairLayout(ids=ids, lengths=lengths, position_ids=positions, langs=langs)
 
 
-def next_token_targets(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_labels(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CLM prediction mask and targets: position t predicts `ids[t+1]` for every t < length - 1.
 
-    Returns `(pred_mask (bs, slen) bool, targets (n_pred,))`. On a stream chunk (`lengths == slen`) this is
-    every position but the last with targets `x[1:]` (XLM's `clm_step`).
+    Returns `(pred_mask (bs, slen) bool, labels (n_pred,))`. On a stream chunk (`lengths == slen`) this is
+    every position but the last with labels `x[1:]` (XLM's `clm_step`).
     """
     bs, slen = ids.shape
     pred_mask = torch.arange(slen, device=ids.device)[None, :] < (lengths[:, None] - 1)  # (bs, slen)
-    targets = ids[:, 1:][pred_mask[:, :-1]]  # (n_pred,)
-    return pred_mask, targets
+    labels = ids[:, 1:][pred_mask[:, :-1]]  # (n_pred,)
+    return pred_mask, labels
 
 
 def constant_langs(ids: torch.Tensor, lang_id: int) -> torch.Tensor:
@@ -165,6 +165,11 @@ def pair_rank_rows(batch: PairBatch, rank: int, world_size: int, *, where: str =
     lo, hi = rank_row_range(bs, rank, world_size, where=where)
     s1, s2 = int(batch.src_lengths[lo:hi].max()), int(batch.tgt_lengths[lo:hi].max())
     return PairBatch(
-        batch.src_ids[lo:hi, :s1], batch.src_lengths[lo:hi], batch.src_langs[lo:hi, :s1],
-        batch.tgt_ids[lo:hi, :s2], batch.tgt_lengths[lo:hi], batch.tgt_langs[lo:hi, :s2], bs,
-    )  # fmt: skip
+        batch.src_ids[lo:hi, :s1],
+        batch.src_lengths[lo:hi],
+        batch.src_langs[lo:hi, :s1],
+        batch.tgt_ids[lo:hi, :s2],
+        batch.tgt_lengths[lo:hi],
+        batch.tgt_langs[lo:hi, :s2],
+        bs,
+    )

@@ -31,14 +31,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from xlmtrain.data.corpus_batches import ParallelBatches, StreamBatches
 from xlmtrain.data.indexed import IndexedCorpus
-from xlmtrain.data.streams import ParallelBatches, StreamBatches
 from xlmtrain.objectives.batches import (
     LMBatch,
     PairBatch,
     concat_pair,
     constant_langs,
-    next_token_targets,
+    next_token_labels,
     pair_batch,
     pair_rank_rows,
     rank_row_range,
@@ -116,14 +116,14 @@ class MaskingSettings:
 
 @dataclass
 class TrainItem:
-    """One training batch: `batch` (this rank's rows) from stream `stream`, loss coefficient `lam`, global batch
+    """One training batch: `batch` (this rank's rows) from stream `stream`, loss coefficient `lambda_`, global batch
     counter `index`, and `n_targets`, the number of targets of the GLOBAL batch (all ranks' rows): the loss is
     normalised by it without a collective. For the alignment objectives (`trans_rank`, `xlco`) `batch` is a
     `PairBatch` and `n_targets` the global number of pairs."""
 
     batch: LMBatch | PairBatch
     stream: int
-    lam: float
+    lambda_: float
     index: int
     n_targets: int
 
@@ -149,21 +149,21 @@ def _pair_corpora(data: CorpusSource, split: str, spec: StreamSpec) -> tuple[Ind
 class _Builder:
     """Turns raw iterator output into the `LMBatch` of a stream's objective."""
 
-    def __init__(self, data: CorpusSource, n_words: int, mask_index: int, pad_index: int) -> None:
+    def __init__(self, data: CorpusSource, vocab_size: int, mask_index: int, pad_index: int) -> None:
         self.lang2id = data.lang2id
-        self.n_words, self.mask_index, self.pad_index = n_words, mask_index, pad_index
+        self.vocab_size, self.mask_index, self.pad_index = vocab_size, mask_index, pad_index
 
     def layout(
         self, spec: StreamSpec, raw: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """`(ids, lengths, positions or None, langs)` of a raw batch."""
+        """`(ids, lengths, position_ids or None, langs)` of a raw batch."""
         if spec.is_pair:
             (x1, len1), (x2, len2) = raw
             lang1, lang2 = spec.lang_list
             pair = concat_pair(
                 x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2], pad_index=self.pad_index
             )
-            return pair.ids, pair.lengths, pair.positions, pair.langs
+            return pair.ids, pair.lengths, pair.position_ids, pair.langs
         x, lengths = raw
         return x, lengths, None, constant_langs(x, self.lang2id[spec.langs])
 
@@ -174,16 +174,16 @@ class _Builder:
         return pair_batch(x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2])
 
     def clm(
-        self, ids: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None, langs: torch.Tensor
+        self, ids: torch.Tensor, lengths: torch.Tensor, position_ids: torch.Tensor | None, langs: torch.Tensor
     ) -> LMBatch:
-        pred_mask, targets = next_token_targets(ids, lengths)
-        return LMBatch(ids, lengths, positions, langs, pred_mask, targets, causal=True)
+        pred_mask, labels = next_token_labels(ids, lengths)
+        return LMBatch(ids, lengths, position_ids, langs, pred_mask, labels, causal=True)
 
 
 def rank_rows(batch: LMBatch, rank: int, world_size: int, *, where: str = "batch") -> LMBatch:
     """Rank `rank`'s contiguous slice of the rows of a global `batch`, trailing all-pad columns dropped.
 
-    `targets` are row-major over `pred_mask`, so the slice's targets are a contiguous run of them.
+    `labels` are row-major over `pred_mask`, so the slice's labels are a contiguous run of them.
     Raises ValueError naming `where` if the batch has fewer rows than ranks (a rank would get none).
     """
     if world_size == 1:
@@ -200,10 +200,10 @@ def rank_rows(batch: LMBatch, rank: int, world_size: int, *, where: str = "batch
         batch,
         input_ids=cut(batch.input_ids),
         lengths=batch.lengths[lo:hi],
-        positions=cut(batch.positions),
+        position_ids=cut(batch.position_ids),
         langs=cut(batch.langs),
         pred_mask=cut(batch.pred_mask),
-        targets=batch.targets[t_lo:t_hi],
+        labels=batch.labels[t_lo:t_hi],
     )
 
 
@@ -215,7 +215,7 @@ class PretrainBatches:
         specs: Sequence[StreamSpec],
         data: CorpusSource,
         *,
-        n_words: int,
+        vocab_size: int,
         mask_index: int,
         pad_index: int,
         counts: Sequence[int],
@@ -230,7 +230,7 @@ class PretrainBatches:
         Args:
             specs: the training streams.
             data: preprocessed corpora (`mono`, `parallel`, `lang2id`).
-            n_words: vocabulary size (random replacement range).
+            vocab_size: vocabulary size (random replacement range).
             counts: per-id corpus counts of the dictionary (for `sample_alpha`).
             batching, masking: see `BatchSettings`, `MaskingSettings`.
             lg_sampling_factor: alpha of language sampling inside a stream group (< 0: follow weights only).
@@ -242,7 +242,7 @@ class PretrainBatches:
         self.specs = list(specs)
         self.skip_batches = frozenset(skip_batches)
         self.data, self.batching, self.masking, self.seed = data, batching, masking, seed
-        self.builder = _Builder(data, n_words, mask_index, pad_index)
+        self.builder = _Builder(data, vocab_size, mask_index, pad_index)
         self.token_weights = (
             sampling_weights(torch.tensor(list(counts)), masking.sample_alpha) if masking.sample_alpha > 0 else None
         )
@@ -284,21 +284,21 @@ class PretrainBatches:
     def _make(self, spec: StreamSpec, raw: Any, generator: torch.Generator) -> LMBatch | PairBatch:
         if spec.objective in ALIGNMENT_OBJECTIVES:
             return self.builder.pair(spec, raw)
-        ids, lengths, positions, langs = self.builder.layout(spec, raw)
+        ids, lengths, position_ids, langs = self.builder.layout(spec, raw)
         if spec.objective == "clm":
-            return self.builder.clm(ids, lengths, positions, langs)
+            return self.builder.clm(ids, lengths, position_ids, langs)
         m = self.masking
         masked = mask_tokens(
             ids,
             lengths,
-            n_words=self.builder.n_words,
+            vocab_size=self.builder.vocab_size,
             mask_index=self.builder.mask_index,
             generator=generator,
             word_pred=m.word_pred,
             keep_rand=tuple(m.keep_rand),
             token_weights=self.token_weights,
         )
-        return LMBatch(masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False)
+        return LMBatch(masked.input_ids, lengths, position_ids, langs, masked.pred_mask, masked.labels, causal=False)
 
     def __iter__(self) -> Iterator[TrainItem]:
         # Every new iteration starts at the configured/restored position, so an iterator that is built,
@@ -319,7 +319,7 @@ class PretrainBatches:
                 n_targets = batch.global_rows
                 batch = pair_rank_rows(batch, self.rank, self.world_size, where=where)
             else:
-                n_targets = batch.targets.numel()
+                n_targets = batch.labels.numel()
                 batch = with_host_layout(rank_rows(batch, self.rank, self.world_size, where=where))
             self._next_index = k + 1
             state = {"index": k + 1, "streams": [it.state_dict() for it in self._iterators]}
@@ -327,7 +327,7 @@ class PretrainBatches:
                 self._states[k] = state
                 while len(self._states) > _KEEP_STATES:
                     self._states.popitem(last=False)
-            yield TrainItem(batch=batch, stream=stream, lam=spec.schedule(step), index=k, n_targets=n_targets)
+            yield TrainItem(batch=batch, stream=stream, lambda_=spec.schedule(step), index=k, n_targets=n_targets)
 
     def state_after(self, index: int) -> dict[str, Any]:
         """State that resumes right after training batch `index`; raises KeyError if it is too old."""
@@ -381,7 +381,7 @@ class ValidBatches:
         specs: Sequence[StreamSpec],
         data: CorpusSource,
         *,
-        n_words: int,
+        vocab_size: int,
         mask_index: int,
         pad_index: int,
         batching: BatchSettings,
@@ -391,7 +391,7 @@ class ValidBatches:
         """Validation of `specs` on `split` (`valid` or `test`); see `PretrainBatches` for the arguments."""
         self.specs, self.data, self.split = list(specs), data, split
         self.batching, self.masking = batching, masking
-        self.builder = _Builder(data, n_words, mask_index, pad_index)
+        self.builder = _Builder(data, vocab_size, mask_index, pad_index)
         self.rank, self.world_size = 0, 1
 
     def configure(self, rank: int = 0, world_size: int = 1) -> None:
@@ -409,8 +409,15 @@ class ValidBatches:
         subsample, max_pairs = self._limits(spec)
         if spec.is_pair:
             c1, c2 = _pair_corpora(self.data, self.split, spec)
-            pairs = ParallelBatches(c1, c2, batch_size=b.valid_batch_size, max_len=None, group_by_size=False,
-                                    shuffle=False, max_sentences=max_pairs)  # fmt: skip
+            pairs = ParallelBatches(
+                c1,
+                c2,
+                batch_size=b.valid_batch_size,
+                max_len=None,
+                group_by_size=False,
+                shuffle=False,
+                max_sentences=max_pairs,
+            )
             return (lambda i=i: pairs.batch_at(i) for i in range(len(pairs)))
         # One column (XLM's batch size 1), every `subsample`-th bptt chunk; `valid_batch_size` chunks per batch.
         column = StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, 1, shuffle=False)
@@ -437,9 +444,9 @@ class ValidBatches:
                 if spec.objective in ALIGNMENT_OBJECTIVES:
                     yield ValidItem(batch=self.builder.pair(spec, raw), stream=stream)
                     continue
-                ids, lengths, positions, langs = self.builder.layout(spec, raw)
+                ids, lengths, position_ids, langs = self.builder.layout(spec, raw)
                 if spec.objective == "clm":
-                    batch = self.builder.clm(ids, lengths, positions, langs)
+                    batch = self.builder.clm(ids, lengths, position_ids, langs)
                 else:
                     masked = mask_tokens_eval(
                         ids,
@@ -449,6 +456,6 @@ class ValidBatches:
                         word_pred=self.masking.word_pred,
                     )
                     batch = LMBatch(
-                        masked.input_ids, lengths, positions, langs, masked.pred_mask, masked.targets, causal=False
+                        masked.input_ids, lengths, position_ids, langs, masked.pred_mask, masked.labels, causal=False
                     )
                 yield ValidItem(batch=batch, stream=stream)

@@ -19,19 +19,19 @@ class MaskedTokens:
     Attributes:
         input_ids: `(bs, slen)` corrupted ids fed to the model.
         pred_mask: `(bs, slen)` bool, True where the model must predict the original token.
-        targets: `(n_pred,)` original ids at `pred_mask`, row-major.
+        labels: `(n_pred,)` original ids at `pred_mask`, row-major.
     """
 
     input_ids: torch.Tensor
     pred_mask: torch.Tensor
-    targets: torch.Tensor
+    labels: torch.Tensor
 
 
 def sampling_weights(counts: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per-vocabulary-id weights `count ** -alpha` for `sample_alpha` masking.
 
     Ids with a zero count (XLM's 14 specials, `<pad>`, unseen words) get weight 0 so they are never
-    chosen as targets. `counts` is a `(n_words,)` tensor of corpus frequencies.
+    chosen as targets. `counts` is a `(vocab_size,)` tensor of corpus frequencies.
     """
     counts = counts.to(torch.float64)
     weights = counts.clamp(min=1.0).pow(-alpha)
@@ -43,7 +43,7 @@ def mask_tokens(
     ids: torch.Tensor,
     lengths: torch.Tensor,
     *,
-    n_words: int,
+    vocab_size: int,
     mask_index: int,
     generator: torch.Generator,
     word_pred: float = 0.15,
@@ -55,12 +55,12 @@ def mask_tokens(
     Args:
         ids: `(bs, slen)` int64 token ids, right-padded.
         lengths: `(bs,)` number of real (non-pad) tokens per row.
-        n_words: vocabulary size; random replacements are uniform over `[0, n_words)`, specials included.
+        vocab_size: vocabulary size; random replacements are uniform over `[0, vocab_size)`, specials included.
         mask_index: id of the mask token (XLM's `<special1>` = 5).
         generator: CPU generator carrying all randomness (checkpointable, seeded by the caller).
         word_pred: target rate.
         keep_rand: probabilities of (mask, keep, random) for each target.
-        token_weights: `(n_words,)` from `sampling_weights`. None: an independent Bernoulli(word_pred) per
+        token_weights: `(vocab_size,)` from `sampling_weights`. None: an independent Bernoulli(word_pred) per
             position. Given: exactly `ceil(word_pred * bs * slen)` positions drawn without replacement
             with weight `token_weights[id]` (zero-weight ids are never drawn).
 
@@ -85,15 +85,15 @@ def mask_tokens(
             chosen = torch.multinomial(weights, n_target, replacement=False, generator=generator)
             pred_mask[chosen] = True
         pred_mask = pred_mask.view(bs, slen)
-    targets = ids_cpu[pred_mask]  # (n_pred,)
+    labels = ids_cpu[pred_mask]  # (n_pred,)
     probs = torch.tensor(keep_rand, dtype=torch.float)
-    action = torch.multinomial(probs, len(targets), replacement=True, generator=generator)
-    random_ids = torch.randint(n_words, (len(targets),), generator=generator)
-    corrupted = torch.where(action == 0, torch.full_like(targets, mask_index), targets)
+    action = torch.multinomial(probs, len(labels), replacement=True, generator=generator)
+    random_ids = torch.randint(vocab_size, (len(labels),), generator=generator)
+    corrupted = torch.where(action == 0, torch.full_like(labels, mask_index), labels)
     corrupted = torch.where(action == 2, random_ids, corrupted)
     input_ids = ids_cpu.clone()
     input_ids[pred_mask] = corrupted
-    return MaskedTokens(input_ids.to(device), pred_mask.to(device), targets.to(device))
+    return MaskedTokens(input_ids.to(device), pred_mask.to(device), labels.to(device))
 
 
 def mask_tokens_eval(
@@ -127,6 +127,6 @@ def mask_tokens_eval(
         fallback = scores.argmax(dim=1)
         rows = empty.nonzero().flatten()
         pred_mask[rows, fallback[rows]] = True
-    targets = ids_cpu[pred_mask]
+    labels = ids_cpu[pred_mask]
     input_ids = ids_cpu.masked_fill(pred_mask, mask_index)
-    return MaskedTokens(input_ids.to(device), pred_mask.to(device), targets.to(device))
+    return MaskedTokens(input_ids.to(device), pred_mask.to(device), labels.to(device))

@@ -124,7 +124,7 @@ class PretrainModule(pl.LightningModule):
         # `langs` always goes in: the transformer alone decides whether it has language embeddings to use.
         return {
             "langs": batch.langs,
-            "position_ids": batch.positions,
+            "position_ids": batch.position_ids,
             "lengths": batch.lengths,
             "causal": batch.causal,
             "padded": batch.padded,
@@ -137,7 +137,7 @@ class PretrainModule(pl.LightningModule):
     def target_losses(self, batch: LMBatch) -> torch.Tensor:
         """Cross-entropy `(n_pred,)` of each target (fused projection + CE: no logits are kept)."""
         selected = batch.pred_mask if batch.selected is None else batch.selected  # the host-built layout: no sync
-        return self.model.masked_lm_loss(batch.input_ids, selected, batch.targets, **self._encoder_inputs(batch))
+        return self.model.masked_lm_loss(batch.input_ids, selected, batch.labels, **self._encoder_inputs(batch))
 
     def _sides(self, batch: PairBatch, encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, dim) pooled vectors of both sides of `batch` through `encoder`."""
@@ -161,9 +161,15 @@ class PretrainModule(pl.LightningModule):
             with torch.no_grad():
                 key_src, key_tgt = self._sides(batch, self.xlco.key_encoder)
             loss, keys = xlco_loss(
-                src, tgt, key_src, key_tgt, self.xlco.negatives(), global_rows=batch.global_rows, scale=a.xlco_scale,
+                src,
+                tgt,
+                key_src,
+                key_tgt,
+                self.xlco.negatives(),
+                global_rows=batch.global_rows,
+                scale=a.xlco_scale,
                 gather=a.gather_negatives,
-            )  # fmt: skip
+            )
             self.xlco.enqueue(keys)
         # The LM head's bias is the one trained weight these steps do not reach: a zero-weighted term gives it a
         # (zero) gradient, as DDP without find_unused_parameters needs every step; 1 process does the same.
@@ -190,7 +196,7 @@ class PretrainModule(pl.LightningModule):
         ce_mean = ce_sum.detach() / item.n_targets
         self._step_loss = (item, ce_mean)
         self._last_trained_index = item.index
-        return {"loss": item.lam * ce_sum * (self.trainer.world_size / item.n_targets), "ce": ce_mean}
+        return {"loss": item.lambda_ * ce_sum * (self.trainer.world_size / item.n_targets), "ce": ce_mean}
 
     def on_after_backward(self) -> None:
         """Make the step's mean CE global and log it.
@@ -207,7 +213,7 @@ class PretrainModule(pl.LightningModule):
         spec = self.specs[item.stream]
         bs = len(item.batch.src_ids if isinstance(item.batch, PairBatch) else item.batch.input_ids)
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
-        self.log("train_loss", item.lam * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        self.log("train_loss", item.lambda_ * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
 
     def configure_gradient_clipping(
@@ -227,10 +233,10 @@ class PretrainModule(pl.LightningModule):
             loss, acc, n = self._alignment_validation(item.batch, spec.objective)
         else:
             logits = self(item.batch).float()
-            targets = item.batch.targets
-            n = targets.numel()
-            loss = F.cross_entropy(logits, targets)
-            acc = 100.0 * (logits.argmax(-1) == targets).float().mean()
+            labels = item.batch.labels
+            n = labels.numel()
+            loss = F.cross_entropy(logits, labels)
+            acc = 100.0 * (logits.argmax(-1) == labels).float().mean()
         for key in (spec.name, spec.average_group):
             if key is not None:
                 self.valid_ce[_key(key)].update(loss, weight=n)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from xlmtrain.data.corpus_batches import ParallelBatches
 from xlmtrain.data.preprocessed import PreprocessedData
-from xlmtrain.data.streams import ParallelBatches
 from xlmtrain.model.heads import XLMWithLMHead
 from xlmtrain.objectives.batches import concat_pair, constant_langs
 from xlmtrain.objectives.masking import MaskedTokens, mask_tokens_eval
@@ -64,19 +64,19 @@ def context_accuracy(
             pred = concat_pair(
                 torch.zeros_like(xc), lc, masked.pred_mask.long(), lt, lang1_id=0, lang2_id=0, pad_index=0
             )
-            ids, lengths, positions, langs, pred_mask = (
+            ids, lengths, position_ids, langs, pred_mask = (
                 pair.ids,
                 pair.lengths,
-                pair.positions,
+                pair.position_ids,
                 pair.langs,
                 pred.ids.bool(),
             )
         else:
-            ids, lengths, positions, pred_mask = masked.input_ids, lt, None, masked.pred_mask
+            ids, lengths, position_ids, pred_mask = masked.input_ids, lt, None, masked.pred_mask
             langs = constant_langs(ids, tgt_id)
-        out = model(ids, pred_mask=pred_mask, langs=langs, position_ids=positions, lengths=lengths)
-        correct += int((out.logits.argmax(-1) == masked.targets).sum())
-        total += masked.targets.numel()
+        out = model(ids, pred_mask=pred_mask, langs=langs, position_ids=position_ids, lengths=lengths)
+        correct += int((out.logits.argmax(-1) == masked.labels).sum())
+        total += masked.labels.numel()
     return 100.0 * correct / max(total, 1)
 
 

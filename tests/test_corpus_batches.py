@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from xlmtrain.data.corpus_batches import ParallelBatches, SentenceBatches, StreamBatches
 from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
-from xlmtrain.data.streams import ParallelBatches, SentenceBatches, StreamBatches
 
 
 def _corpus(path, sentences):

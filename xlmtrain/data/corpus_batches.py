@@ -86,8 +86,16 @@ class StreamBatches(_ResumableBatches):
     with `lengths == bptt`; chunks cross sentence boundaries and hold no padding. Reads only the tokens of
     each batch from the mmap."""
 
-    def __init__(self, corpus: IndexedCorpus, bptt: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        corpus: IndexedCorpus,
+        bptt: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
         self.corpus, self.bptt, self.batch_size = corpus, bptt, batch_size
         n_tokens = corpus.n_tokens
         self.n_chunks = math.ceil(n_tokens / (batch_size * bptt))
@@ -116,8 +124,9 @@ class StreamBatches(_ResumableBatches):
         return x, torch.full((self.batch_size,), self.bptt, dtype=torch.long)
 
 
-def _plan_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int | None, tokens_per_batch: int | None,
-                  group_by_size: bool) -> list[np.ndarray]:  # fmt: skip
+def _plan_batches(
+    lengths: np.ndarray, indices: np.ndarray, batch_size: int | None, tokens_per_batch: int | None, group_by_size: bool
+) -> list[np.ndarray]:
     """XLM's `get_iterator` batching of `indices` (already permuted or in order): optional stable sort by length,
     then `batch_size` sentences (np.array_split) or a `tokens_per_batch` budget (cumulative length // budget)."""
     if group_by_size:
@@ -145,8 +154,18 @@ class _SentencePlan(_ResumableBatches):
     """Batches of sentence indices, re-planned each pass: permute (when shuffling) the kept sentences, group by
     length, cut into batches, shuffle the batch order; rank r takes batches r, r + world_size, ..."""
 
-    def __init__(self, kept: np.ndarray, sizes: np.ndarray, batch_size: int | None, tokens_per_batch: int | None,
-                 group_by_size: bool, seed: int, rank: int, world_size: int, shuffle: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kept: np.ndarray,
+        sizes: np.ndarray,
+        batch_size: int | None,
+        tokens_per_batch: int | None,
+        group_by_size: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        shuffle: bool,
+    ) -> None:
         if (batch_size is None) == (tokens_per_batch is None):
             raise ValueError("give exactly one of batch_size and tokens_per_batch")
         self._kept, self._sizes = kept, sizes
@@ -182,15 +201,33 @@ class SentenceBatches(_SentencePlan):
     `</s> w1..wn </s> <pad>..`, `lengths = n + 2`. Sentences longer than `max_len` are left out (counted in
     `n_too_long`); `max_len=None` keeps all (evaluation)."""
 
-    def __init__(self, corpus: IndexedCorpus, batch_size: int | None = None, tokens_per_batch: int | None = None,
-                 max_len: int | None = 100, group_by_size: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        corpus: IndexedCorpus,
+        batch_size: int | None = None,
+        tokens_per_batch: int | None = None,
+        max_len: int | None = 100,
+        group_by_size: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
         self.corpus = corpus
         lengths = corpus.lengths
         keep = lengths <= max_len if max_len else np.ones(len(lengths), dtype=bool)
         self.n_too_long = int((~keep).sum())
-        super().__init__(np.flatnonzero(keep), lengths + 2, batch_size, tokens_per_batch, group_by_size, seed,
-                         rank, world_size, shuffle)  # fmt: skip
+        super().__init__(
+            np.flatnonzero(keep),
+            lengths + 2,
+            batch_size,
+            tokens_per_batch,
+            group_by_size,
+            seed,
+            rank,
+            world_size,
+            shuffle,
+        )
 
     def _batch(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _collate(self.corpus, self._indices(item))
@@ -201,10 +238,20 @@ class ParallelBatches(_SentencePlan):
     given. Pairs with an empty side or a side longer than `max_len` are left out (counted in `n_dropped`);
     grouping and token budgets use `len1 + len2 + 4`; `max_sentences` keeps only the first kept pairs."""
 
-    def __init__(self, corpus1: IndexedCorpus, corpus2: IndexedCorpus, batch_size: int | None = None,
-                 tokens_per_batch: int | None = None, max_len: int | None = 100, group_by_size: bool = True,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 max_sentences: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        corpus1: IndexedCorpus,
+        corpus2: IndexedCorpus,
+        batch_size: int | None = None,
+        tokens_per_batch: int | None = None,
+        max_len: int | None = 100,
+        group_by_size: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        max_sentences: int | None = None,
+    ) -> None:
         if len(corpus1) != len(corpus2):
             raise ValueError(f"{corpus1.prefix} has {len(corpus1)} sentences, {corpus2.prefix} has {len(corpus2)}")
         self.corpus1, self.corpus2 = corpus1, corpus2
@@ -214,8 +261,9 @@ class ParallelBatches(_SentencePlan):
             keep &= (len1 <= max_len) & (len2 <= max_len)
         self.n_dropped = int((~keep).sum())
         kept = np.flatnonzero(keep)[:max_sentences]  # XLM's evaluation `n_sentences`: the first pairs only
-        super().__init__(kept, len1 + len2 + 4, batch_size, tokens_per_batch, group_by_size, seed,
-                         rank, world_size, shuffle)  # fmt: skip
+        super().__init__(
+            kept, len1 + len2 + 4, batch_size, tokens_per_batch, group_by_size, seed, rank, world_size, shuffle
+        )
 
     def _batch(self, item: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         indices = self._indices(item)
