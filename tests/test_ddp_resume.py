@@ -98,7 +98,7 @@ def _replayed_loss(prep: Path, work: Path, checkpoint: dict, generators: list[to
         torch.set_rng_state(generator)
         with torch.no_grad():
             shares.append(module.target_losses(item.batch).sum() / item.n_targets)
-    return float(item.lam * torch.stack(shares).sum())
+    return float(item.lambda_ * torch.stack(shares).sum())
 
 
 def test_two_ranks_are_one_process_replaying_each_ranks_rows_with_its_generator(
