@@ -14,7 +14,7 @@ baseline runs at).
 Each phase runs in a fresh subprocess; for each corpus size it prints:
 - `xlmtrain w=1`, `xlmtrain w=2`: the whole preprocessor, cold (BPE codes + vocabulary learned on the default
   `bpe_sample_mb` sample, tokenise, BPE, binarise, manifest, `hf_tokenizer/`) with `workers=1` and `workers=2`;
-- `baseline` (sizes <= 100 MB): what a user does by hand, one process: sacremoses punctuation normalisation +
+- `baseline` (sizes <= 100 MB, or `--baseline-max-mb`): what a user does by hand, one process: sacremoses punctuation normalisation +
   tokenisation, then fastBPE applied with the same codes (no BPE learning, no binarisation);
 - `iterate`: StreamBatches / SentenceBatches over the built train corpora.
 Columns: wall seconds, MB/s, CPU seconds (user + system of the phase and its processes), peak RSS of the
@@ -216,7 +216,7 @@ def _peak_rss_mb() -> float:
     return max(usage) / 1024  # Linux reports KiB
 
 
-def run_size(workdir: Path, mb: float, merges: int) -> dict:
+def run_size(workdir: Path, mb: float, merges: int, baseline_max_mb: float) -> dict:
     root = workdir / f"{mb:g}mb"
     t = time.perf_counter()
     n_lines = generate(root / "raw", mb)
@@ -225,7 +225,7 @@ def run_size(workdir: Path, mb: float, merges: int) -> dict:
     common = ["--workdir", str(root), "--merges", str(merges)]
     load = os.getloadavg()[0]
     rows = {"w1": _measure(["--phase", "w1", *common]), "w2": _measure(["--phase", "w2", *common])}
-    if mb <= BASELINE_MAX_MB:
+    if mb <= baseline_max_mb:
         rows["baseline"] = _measure(["--phase", "baseline", *common])
     rows["iterate"] = _measure(["--phase", "iterate", *common])
     for name, r in rows.items():
@@ -271,6 +271,8 @@ def main() -> None:
     p.add_argument("--mb", type=float, default=50.0, help="corpus size in MB (default 50; above 100, 100 MB runs too)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/xlmtrain-bench"))
     p.add_argument("--merges", type=int, default=30000)
+    p.add_argument("--baseline-max-mb", type=float, default=BASELINE_MAX_MB,
+                   help=f"run the hand baseline at sizes up to this (default {BASELINE_MAX_MB}; ~2 s/MB on one core)")  # fmt: skip
     p.add_argument("--phase", choices=["w1", "w2", "baseline", "iterate"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.phase:
@@ -282,7 +284,7 @@ def main() -> None:
         print(_peak_rss_mb())
         return
     sizes = sorted({min(a.mb, BASELINE_MAX_MB), a.mb})
-    results = [run_size(a.workdir, mb, a.merges) for mb in sizes]
+    results = [run_size(a.workdir, mb, a.merges, a.baseline_max_mb) for mb in sizes]
     print(json.dumps(results, indent=1))
     print(
         f"\ncores {os.cpu_count()}, bpe_merges {a.merges}, load average (1 min) before/after each size: "

@@ -33,10 +33,11 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    """Start `python -m xlmtrain ARGS` with stdout and stderr merged into `.stdout`."""
+def start(args: list[str], cwd: Path, *, new_session: bool = False) -> subprocess.Popen:
+    """Start `python -m xlmtrain ARGS` with stdout and stderr merged into `.stdout`; `new_session`: in its own
+    process group, so `os.killpg(proc.pid, ...)` reaches every process of the run (DDP ranks included)."""
     return subprocess.Popen(CLI + args, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+                            text=True, start_new_session=new_session)  # fmt: skip
 
 
 def run(args: list[str], cwd: Path, timeout: float = 300) -> str:

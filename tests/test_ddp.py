@@ -46,8 +46,9 @@ def test_two_processes_match_one_process_step_for_step(synthetic_prep: Path, tmp
     wa, wb = final_weights(one), final_weights(two)
     assert wa.keys() == wb.keys()
     for key in wa:
-        # The key bias cancels in the softmax: its gradient is rounding noise, which Adam scales up to
-        # lr-sized steps, so it differs between any two summation orders and is not compared.
+        # The key bias cancels in the softmax: its gradient is rounding noise (zero in exact arithmetic,
+        # `test_ddp_sharding.py::test_key_bias_gradient_is_rounding_noise`), which Adam scales up to lr-sized
+        # steps, so it differs between any two summation orders and is not compared.
         if not key.endswith("k_lin.bias"):
             torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-6, msg=key)
 

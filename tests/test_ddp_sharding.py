@@ -84,7 +84,8 @@ def test_validation_union_does_not_depend_on_world_size(synthetic_prep: Path) ->
 
 
 def test_ranks_get_their_own_dropout_stream() -> None:
-    """Ranks are seeded alike for identical init; at train start rank r > 0 moves to its own RNG stream."""
+    """Ranks are seeded alike for identical init; at train start rank r > 0 moves to its own RNG stream, that of
+    `seed + r` (a function of the seed and the rank only, so a rerun draws the same masks on every rank)."""
     from types import SimpleNamespace
 
     from xlmtrain.model.config import XLMConfig
@@ -101,4 +102,27 @@ def test_ranks_get_their_own_dropout_stream() -> None:
     torch.manual_seed(7)
     PretrainModule(config, [], optimizer=torch.optim.SGD)
     assert torch.equal(draws[0], torch.rand(4)), "rank 0 keeps the seeded stream (1-process runs unchanged)"
+    torch.manual_seed(7 + 1)
+    assert torch.equal(draws[1], torch.rand(4)), "rank 1 draws from the stream of seed + 1"
     assert not torch.equal(draws[0], draws[1])
+
+
+def test_key_bias_gradient_is_rounding_noise() -> None:
+    """Why the DDP parity tests do not compare `k_lin.bias`: adding b to every key adds q.b to every score of a
+    query, which the softmax cancels, so its gradient is exactly zero in exact arithmetic (here < 1e-10 of the
+    query bias's in float64, padding and masked positions included). In float32 it is rounding noise, and Adam,
+    which divides by the gradient's own scale, turns that noise into lr-sized steps that differ between any two
+    summation orders (1 vs 2 processes)."""
+    from xlmtrain.model.config import XLMConfig
+    from xlmtrain.model.heads import XLMWithLMHead
+
+    torch.manual_seed(0)
+    model = XLMWithLMHead(XLMConfig(vocab_size=50, emb_dim=16, n_layers=2, n_heads=2)).double()
+    lengths = torch.tensor([7, 5, 3])
+    ids = torch.randint(5, 50, (3, 7)).masked_fill(torch.arange(7) >= lengths[:, None], 2)  # pad id 2
+    pred_mask = (torch.rand(3, 7) < 0.5) & (torch.arange(7) < lengths[:, None])
+    pred_mask[:, 0] = True
+    model.masked_lm_loss(ids, pred_mask, ids[pred_mask], lengths=lengths).sum().backward()
+    for layer in model.transformer.attentions:
+        key, query = layer.k_lin.bias.grad.abs().max(), layer.q_lin.bias.grad.abs().max()
+        assert query > 1e-7 and key < 1e-10 * query, (key, query)

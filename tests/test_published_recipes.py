@@ -148,7 +148,7 @@ def test_pretraining_preset_equals_xlm_command(recipe: str) -> None:
         for s in cfg.objective.streams
         for lang in expand_langs(OmegaConf.to_container(s.langs), lgs, stored)
     ]
-    assert [(s.objective, s.langs) for s in streams] == [("mlm", m) for m in mono] + [("tlm", p) for p in pairs]
+    assert [(s.objective, s.lang_key) for s in streams] == [("mlm", m) for m in mono] + [("tlm", p) for p in pairs]
     assert all(s.schedule(0) == float(flags["lambda_mlm"]) and s.weight == 1 for s in streams)
     assert cfg.objective.mixture == "xlm"
     mixture = StreamMixture(streams, {s.name: 1000 for s in streams}, alpha=cfg.objective.lg_sampling_factor)

@@ -332,9 +332,9 @@ def expand_streams(streams: Sequence[StreamSettings], data: PreprocessedData) ->
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{where}: {error}") from None
             available = data.pairs if spec.is_pair else mono
-            name = "-".join(sorted(spec.lang_list)) if spec.is_pair else spec.langs
+            name = "-".join(sorted(spec.langs))
             if name not in available:
-                raise ValueError(f"{where}: no data for {spec.langs!r} in {data.directory} (have {available})")
+                raise ValueError(f"{where}: no data for {spec.lang_key!r} in {data.directory} (have {available})")
             specs.append(spec)
     return specs
 

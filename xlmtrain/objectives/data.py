@@ -142,7 +142,7 @@ def _generator(*key: int) -> torch.Generator:
 
 
 def _pair_corpora(data: CorpusSource, split: str, spec: StreamSpec) -> tuple[IndexedCorpus, IndexedCorpus]:
-    lang1, lang2 = spec.lang_list
+    lang1, lang2 = spec.langs
     return data.parallel(split, lang1, lang2)
 
 
@@ -159,18 +159,18 @@ class _Builder:
         """`(ids, lengths, position_ids or None, langs)` of a raw batch."""
         if spec.is_pair:
             (x1, len1), (x2, len2) = raw
-            lang1, lang2 = spec.lang_list
+            lang1, lang2 = spec.langs
             pair = concat_pair(
                 x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2], pad_index=self.pad_index
             )
             return pair.ids, pair.lengths, pair.position_ids, pair.langs
         x, lengths = raw
-        return x, lengths, None, constant_langs(x, self.lang2id[spec.langs])
+        return x, lengths, None, constant_langs(x, self.lang2id[spec.langs[0]])
 
     def pair(self, spec: StreamSpec, raw: Any) -> PairBatch:
         """The two sides of a raw pair batch, padded separately (the alignment objectives)."""
         (x1, len1), (x2, len2) = raw
-        lang1, lang2 = spec.lang_list
+        lang1, lang2 = spec.langs
         return pair_batch(x1, len1, x2, len2, lang1_id=self.lang2id[lang1], lang2_id=self.lang2id[lang2])
 
     def clm(
@@ -247,7 +247,7 @@ class PretrainBatches:
             sampling_weights(torch.tensor(list(counts)), masking.sample_alpha) if masking.sample_alpha > 0 else None
         )
         sizes = {
-            spec.name: len(_pair_corpora(data, "train", spec)[0] if spec.is_pair else data.mono("train", spec.langs))
+            spec.name: len(_pair_corpora(data, "train", spec)[0] if spec.is_pair else data.mono("train", spec.langs[0]))
             for spec in self.specs
         }
         self.mixture = StreamMixture(self.specs, sizes, lg_sampling_factor, mixture)
@@ -275,7 +275,7 @@ class PretrainBatches:
                 )
                 it = ParallelBatches(c1, c2, max_len=b.max_len, group_by_size=b.group_by_size, **sizing, **common)
             else:
-                it = StreamBatches(self.data.mono("train", spec.langs), b.bptt, b.batch_size, **common)
+                it = StreamBatches(self.data.mono("train", spec.langs[0]), b.bptt, b.batch_size, **common)
             self._iterators.append(it)
         self._next_index = 0
         self._states.clear()
@@ -401,7 +401,7 @@ class ValidBatches:
     def _limits(self, spec: StreamSpec) -> tuple[int, int | None]:
         if self.batching.valid_limits == "none":
             return 1, None
-        return xlm_eval_limits(len(self.data.lang2id), self.split, spec.lang_list[0])
+        return xlm_eval_limits(len(self.data.lang2id), self.split, spec.langs[0])
 
     def _global_batches(self, spec: StreamSpec) -> Iterator[Any]:
         """Every rank's view of the global validation batches of `spec`, in order (tokens read lazily)."""
@@ -420,7 +420,7 @@ class ValidBatches:
             )
             return (lambda i=i: pairs.batch_at(i) for i in range(len(pairs)))
         # One column (XLM's batch size 1), every `subsample`-th bptt chunk; `valid_batch_size` chunks per batch.
-        column = StreamBatches(self.data.mono(self.split, spec.langs), b.bptt, 1, shuffle=False)
+        column = StreamBatches(self.data.mono(self.split, spec.langs[0]), b.bptt, 1, shuffle=False)
         chunks = list(range(0, len(column), subsample))
         groups = [chunks[i : i + b.valid_batch_size] for i in range(0, len(chunks), b.valid_batch_size)]
 

@@ -350,9 +350,17 @@ class PretrainModule(pl.LightningModule):
             # seeds the CUDA generators too.)
             torch.manual_seed(torch.initial_seed() + rank)
 
+    def on_train_batch_start(self, batch: TrainItem, batch_idx: int) -> None:
+        """Log every step at its optimizer step. Lightning logs at `fit_loop.epoch_loop._batches_that_stepped`,
+        which it does not save up to date: on restart it adds one to the saved value, right for a checkpoint saved
+        mid-step, one too many for the one saved at the end of training. A run continued past its `max_steps`
+        (e.g. with another number of processes) then logged every step one too high. One optimizer step per
+        Lightning step here (accumulated micro-batches included), so the logging step is `global_step`."""
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+
 
 def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
-    return {"objective": spec.objective, "langs": spec.langs, "lambda_": spec.lambda_, "weight": spec.weight}
+    return {"objective": spec.objective, "langs": spec.lang_key, "lambda_": spec.lambda_, "weight": spec.weight}
 
 
 def _key(name: str) -> str:

@@ -44,7 +44,8 @@ class StreamSpec:
         objective: `clm` (causal LM), `mlm` (masked LM on monolingual text), `tlm` (masked LM on a
             translation pair), `trans_rank` (translation ranking) or `xlco` (InfoXLM's cross-lingual
             contrast), the last two on pairs (`xlmtrain.objectives.alignment`).
-        langs: a language (`en`) or an ordered pair (`en-fr`, en first; `fr-en` is another stream).
+        langs: `('en',)` or an ordered pair `('en', 'fr')` (en first; `('fr', 'en')` is another stream); given
+            as config spells it (`'en'`, `'en-fr'`) or as a sequence, always stored as a tuple.
             `mlm` needs a language, `tlm`/`trans_rank`/`xlco` a pair, `clm` takes either.
         lambda_: loss coefficient, a constant or an XLM schedule such as `'0:1,1000:0.5'`; while it is
             0 the stream is never drawn.
@@ -52,16 +53,18 @@ class StreamSpec:
     """
 
     objective: str
-    langs: str
+    langs: tuple[str, ...]
     lambda_: str | float = 1.0
     weight: float = 1.0
     schedule: LambdaSchedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        where = f"stream {self.objective} {self.langs!r}"
+        given = self.langs
+        parts = tuple(given.split("-") if isinstance(given, str) else given)
+        object.__setattr__(self, "langs", parts)
+        where = f"stream {self.objective} {'-'.join(parts)!r}"
         if self.objective not in OBJECTIVES:
             raise ValueError(f"{where}: objective must be one of {', '.join(OBJECTIVES)}")
-        parts = self.langs.split("-")
         if len(parts) > 2 or not all(parts) or (len(parts) == 2 and parts[0] == parts[1]):
             raise ValueError(f"{where}: langs must be 'xx' or 'xx-yy' with two different languages")
         if self.objective in PAIR_OBJECTIVES and len(parts) != 2:
@@ -75,17 +78,17 @@ class StreamSpec:
     @property
     def is_pair(self) -> bool:
         """True for a translation-pair stream."""
-        return "-" in self.langs
+        return len(self.langs) == 2
 
     @property
-    def lang_list(self) -> tuple[str, ...]:
-        """`('en',)` or `('en', 'fr')` in stream order."""
-        return tuple(self.langs.split("-"))
+    def lang_key(self) -> str:
+        """The languages as config and metric names spell them: `en`, `en-fr`."""
+        return "-".join(self.langs)
 
     @property
     def name(self) -> str:
         """Metric-friendly name: `en_mlm`, `en-fr_tlm`, `en_clm`, `en-fr_trans_rank`."""
-        return f"{self.langs}_{self.objective}"
+        return f"{self.lang_key}_{self.objective}"
 
     @property
     def average_group(self) -> str | None:

@@ -119,7 +119,7 @@ class NumericsGuard(Callback):
         if trainer.global_step == self._step_at_batch_start or not isinstance(outputs, dict) or "ce" not in outputs:
             return  # mid accumulation (judged with the step's last batch) or not a pretraining step
         spec = pl_module.specs[batch.stream]
-        self._pending.append((trainer.global_step - 1, int(batch.index), spec.name, str(spec.langs),
+        self._pending.append((trainer.global_step - 1, int(batch.index), spec.name, spec.lang_key,
                               outputs["ce"].detach(), self._grad_norm))  # fmt: skip
         self._grad_norm = None
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
