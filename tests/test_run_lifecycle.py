@@ -148,8 +148,7 @@ def test_run_names_come_from_the_overrides_locally_and_under_submitit() -> None:
     from hydra import compose, initialize_config_dir
 
     from tests.conftest import CONF_DIR
-    from xlmtrain.cli.run_names import run_name
-    from xlmtrain.cli.sweep import swept_keys
+    from xlmtrain.__main__ import run_name, swept_keys
 
     assert swept_keys(["+recipe=tlm", "optim.optimizer.lr=1e-3,3e-3", "model=small", "seed=range(2)"]) == [
         "optim.optimizer.lr",
