@@ -128,7 +128,7 @@ def test_preprocess_knobs_are_the_dataclass_defaults() -> None:
     dataclass by the CLI module), each settable on the command line without `+`."""
     import dataclasses
 
-    import xlmtrain.cli.preprocess  # noqa: F401  (stores the `preprocess_settings` node)
+    import xlmtrain.preprocess  # noqa: F401  (the CLI stores the `preprocess_defaults` node)
     from xlmtrain.data.pipeline import PreprocessSettings
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
