@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
+import xlmtrain.__main__  # noqa: F401  (stores the config nodes the YAML starts from, before any test composes)
+
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 

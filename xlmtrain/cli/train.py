@@ -25,14 +25,31 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from xlmtrain.cli.defaults import store_defaults
 from xlmtrain.config_dir import conf_dir
+from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.jobs.finetune_config import PretrainedModel, TaskSettings
 from xlmtrain.jobs.pretrain_config import DataSettings, ObjectiveSettings
+from xlmtrain.objectives.alignment import AlignmentSettings
+from xlmtrain.objectives.data import BatchSettings, MaskingSettings
 from xlmtrain.settings import SettingsError, check_call, typed
 
 if TYPE_CHECKING:
     from xlmtrain.jobs.finetune import FinetuneSettings
     from xlmtrain.jobs.pretrain import PretrainSettings
+
+# ---------------------------------------------------------------- defaults that live in dataclasses
+
+DEFAULTS_NODES = {
+    "batching_defaults": BatchSettings,  # conf/data/synthetic.yaml: data.batching
+    "preprocess_defaults": PreprocessSettings,  # conf/data/synthetic.yaml: data.preprocess
+    "masking_defaults": MaskingSettings,  # conf/objective/mlm.yaml: objective.masking
+    "alignment_defaults": AlignmentSettings,  # conf/objective/mlm.yaml: objective.alignment
+}
+"""Stored (`cli/defaults.py`) when this module is imported, before any config is composed."""
+for _name, _cls in DEFAULTS_NODES.items():
+    store_defaults(_name, _cls)
+
 
 # ---------------------------------------------------------------- the config tree's schema
 
