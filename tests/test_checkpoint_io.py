@@ -132,6 +132,24 @@ def test_truncated_and_bitflipped_checkpoints_are_reported_and_skipped(
         validated_step(by_step[4])
 
 
+@pytest.mark.parametrize("dropped", ["global_step", "state_dict"])
+def test_a_checkpoint_missing_a_key_is_named_in_one_line_and_skipped(
+    lightning_ckpts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, dropped: str
+) -> None:
+    """A readable file that lacks one of Lightning's keys (another tool's .ckpt, a hand-edited one) is refused with
+    one line naming the file and the key, never resumed from; `resume=auto` falls back to the next newest."""
+    by_step = copy_ckpts(lightning_ckpts, tmp_path / "c")
+    checkpoint = load_checkpoint_file(by_step[6])
+    del checkpoint[dropped]
+    AtomicCheckpointIO().save_checkpoint(checkpoint, by_step[6])
+    with pytest.raises(CorruptCheckpointError) as error:
+        validated_step(by_step[6])
+    assert str(error.value) == f"{by_step[6]}: not a Lightning checkpoint (missing {dropped})"
+    with caplog.at_level(logging.WARNING, logger="xlmtrain.training.resume"):
+        assert find_resume_checkpoint(tmp_path / "c") == by_step[4]
+    assert f"skipping corrupt checkpoint {by_step[6]}" in caplog.text and f"missing {dropped}" in caplog.text
+
+
 WRITER = """
 import sys, torch
 from xlmtrain.training.checkpoint_io import AtomicCheckpointIO

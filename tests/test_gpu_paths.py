@@ -32,6 +32,17 @@ def test_bf16_mixed_trains_with_clipping_and_the_fused_adamw_like_fp32(
         return norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counting_clip)
+    # The dtype every training step's matmuls run in, as autocast says inside the step: bf16-mixed must not
+    # silently train in fp32 (losses equal to fp32's would pass the 2% check below).
+    step_dtypes: list[torch.dtype] = []
+    real_step = PretrainModule.training_step
+
+    def recording_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        on = torch.is_autocast_enabled("cpu")
+        step_dtypes.append(torch.get_autocast_dtype("cpu") if on else torch.float32)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainModule, "training_step", recording_step)
     # A clip value below the gradient norms of these steps, so clipping changes every update.
     common = ["trainer.max_steps=12", "trainer.val_check_interval=100", "trainer.gradient_clip_val=0.5",
               "model.dropout=0", "model.attention_dropout=0", "export=false"]  # fmt: skip
@@ -43,6 +54,8 @@ def test_bf16_mixed_trains_with_clipping_and_the_fused_adamw_like_fp32(
     assert min(clipped) > 0.5  # the clip value was below every norm: it acted
     fp32, bf16 = torch.tensor(_losses(tmp_path / "fp32")), torch.tensor(_losses(tmp_path / "bf16"))
     assert len(fp32) == len(bf16) == 12 and torch.isfinite(bf16).all()
+    assert step_dtypes == [torch.float32] * 12 + [torch.bfloat16] * 12, step_dtypes
+    assert not torch.equal(bf16, fp32), "bf16-mixed gave fp32's losses bit for bit: it did not run in bf16"
     # bf16 matmuls (8-bit mantissa): the per-step losses stay within 2% of fp32's over 12 clipped updates.
     torch.testing.assert_close(bf16, fp32, rtol=0.02, atol=0.0)
 

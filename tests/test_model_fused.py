@@ -20,7 +20,9 @@ def test_dropout_mask_rounds_p_to_sixteen_bits_and_keeps_the_expectation() -> No
     mask = dropout_mask(torch.Size([1000, 1000]), 0.1)
     p_rounded = 6554 / 65536  # round(0.1 * 2^16) / 2^16
     values = torch.unique(mask)
-    torch.testing.assert_close(values, torch.tensor([0.0, 1 / (1 - p_rounded)]))
+    # Exactly (in float32): kept values scaled by the rounded keep probability, so E[mask] = 1 exactly. The default
+    # tolerance (atol 1e-5) let a scale from the unrounded p (1/0.9: 7e-6 off) through.
+    torch.testing.assert_close(values, torch.tensor([0.0, 1 / (1 - p_rounded)]), rtol=0, atol=0)
     dropped = (mask == 0).float().mean().item()
     assert abs(dropped - p_rounded) < 5 * (p_rounded * (1 - p_rounded) / 1e6) ** 0.5  # 5 sigma of a binomial
     assert abs(mask.mean().item() - 1.0) < 2e-3

@@ -12,7 +12,7 @@ from tests.test_pretrain import _cfg, _losses
 from xlmtrain.__main__ import run as run_job
 
 COMMON = ("trainer.accumulate_grad_batches=2", "export=false", "trainer.val_check_interval=1000",
-          "checkpoint.every_n_train_steps=10")  # fmt: skip
+          "checkpoint.every_n_train_steps=10", "model.dropout=0.1", "model.attention_dropout=0.1")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -32,12 +32,14 @@ MAX_STEPS, EVERY = 96, 8
 # Long enough that a kill sent at step ~11 (or ~3) lands well before the end even when steps take milliseconds;
 # which checkpoint it follows then depends on the machine's speed, so the tests accept any multiple of EVERY.
 STEPS = [f"trainer.max_steps={MAX_STEPS}", f"checkpoint.every_n_train_steps={EVERY}", "trainer.val_check_interval=32"]
+# The tiny model has no dropout by default (conf/model/tiny.yaml): switch it on, or the RNG state would not matter.
+DROPOUT = ["model.dropout=0.1", "model.attention_dropout=0.1"]
 
 pytestmark = pytest.mark.slow
 
 
 def _args(prep: Path, run_dir: Path) -> list[str]:
-    return [*tiny_overrides(prep, run_dir, "mlm_tlm"), *STEPS]
+    return [*tiny_overrides(prep, run_dir, "mlm_tlm"), *STEPS, *DROPOUT]
 
 
 # TLM beside both alignment objectives: pair batches, XLCo's momentum encoder and a queue that wraps (8 pairs x 2
@@ -55,7 +57,7 @@ def _align_args(prep: Path, run_dir: Path) -> list[str]:
         f"checkpoint.every_n_train_steps={EVERY}",
         "trainer.val_check_interval=16",
     ]
-    return [*tiny_overrides(prep, run_dir, "tlm_align"), *steps, *ALIGN]
+    return [*tiny_overrides(prep, run_dir, "tlm_align"), *steps, *ALIGN, *DROPOUT]
 
 
 @pytest.fixture(scope="module")

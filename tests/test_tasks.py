@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -322,6 +323,9 @@ def _check_selection(run: Path, metric: str, select_on: str, langs: tuple[str, .
     logged = [r for r in read_metrics(run / "metrics.csv") if f"valid_{select_on}_{metric}" in r]
     by_epoch = {int(r["epoch"]): r for r in logged}
     assert len(by_epoch) >= 2, "several epochs, so that selection matters"
+    # ... and scores that differ: with every epoch tied, keeping the worst epoch would pass unnoticed.
+    scores = [by_epoch[e][f"valid_{select_on}_{metric}"] for e in sorted(by_epoch)]
+    assert max(scores) > min(scores), f"every epoch scored {scores[0]}: the selection is not exercised"
     best_epoch = max(by_epoch, key=lambda e: (by_epoch[e][f"valid_{select_on}_{metric}"], -e))  # ties: the first
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
     assert torch.load(best, weights_only=True, map_location="cpu")["epoch"] == best_epoch, (best, by_epoch)
@@ -333,11 +337,61 @@ def _check_selection(run: Path, metric: str, select_on: str, langs: tuple[str, .
     return best_epoch
 
 
+class _ScriptedValidation(pl.LightningModule):
+    """A module whose validation at the end of epoch e logs `script[name][e]` for every metric name."""
+
+    def __init__(self, script: dict[str, list[float]]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.script = script
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return (self.weight - batch[0].sum()).pow(2).sum()
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        for name, values in self.script.items():
+            self.log(name, values[self.current_epoch])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(("select_on", "best_epoch"), [("avg", 1), ("vo", 2)])
+def test_best_checkpoint_is_the_epoch_with_the_highest_selected_accuracy(
+    tmp_path: Path, select_on: str, best_epoch: int
+) -> None:
+    """The fine-tuning job's own trainer and checkpoint callback, fed scripted accuracies whose best epochs differ by
+    metric (avg: 70 at epoch 1; vo: 45 at epoch 2; the worst epochs are others): the one best-*.ckpt kept is the
+    argmax of `valid_<task.select_on>_accuracy`. (The end-to-end runs below cannot show this on their own: their
+    accuracies may tie across epochs.)"""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from xlmtrain.__main__ import finetune_settings
+    from xlmtrain.jobs.finetune import _trainer
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("xlmtrain", overrides=["+recipe=xnli", f"run_dir={tmp_path}", f"task.select_on={select_on}",
+                      "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+                      "trainer.enable_model_summary=false"])  # fmt: skip
+    trainer, best = _trainer(finetune_settings(cfg))
+    script = {"valid_avg_accuracy": [50.0, 70.0, 60.0], "valid_vo_accuracy": [40.0, 35.0, 45.0]}
+    loader = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=2)
+    trainer.fit(_ScriptedValidation(script), train_dataloaders=loader, val_dataloaders=loader)
+    assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == [f"best-{best_epoch}.ckpt"]
+    assert float(best.best_model_score) == max(script[f"valid_{select_on}_accuracy"])
+
+
 @pytest.mark.slow
 def test_xnli_end_to_end_outputs(tiny_pretrained: Path, tmp_path: Path) -> None:
     run = tmp_path / "xnli"
     summary = _finetune(tiny_pretrained, run, "xnli", "task.synthetic.n_train=200", "task.synthetic.n_valid=40",
-                        "task.synthetic.n_test=60", "trainer.max_epochs=3", "task.batch_size=16")  # fmt: skip
+                        "task.synthetic.n_test=60", "trainer.max_epochs=4", "task.batch_size=16",
+                        "optim.optimizer.lr=1e-3")  # fmt: skip
+    # (lr 1e-3 over 4 epochs: the valid average moves (52.5% for 3 epochs, then 53.75% when written), so the best
+    # epoch is not the worst; at the recipe's lr every epoch scored alike and keeping the worst passed unnoticed.)
     rows = _rows(run / "results.csv")
     assert list(rows[0]) == ["lang", "split", "accuracy", "n"]
     assert [(r["lang"], r["split"], r["n"]) for r in rows] == [
@@ -416,7 +470,9 @@ def test_token_classification_end_to_end(tiny_pretrained: Path, tmp_path: Path) 
         (data / f"{split}.{lang}.conll").write_text("\n".join(lines) + "\n")
     run = tmp_path / "tag"
     _finetune(tiny_pretrained, run, "token_classification", f"task.data_dir={data}", "task.train_langs=[io]",
-              "trainer.max_epochs=3", "optim.optimizer.lr=1e-3", "task.select_on=vo")  # fmt: skip
+              "trainer.max_epochs=4", "optim.optimizer.lr=3e-4", "task.select_on=vo")  # fmt: skip
+    # (lr 3e-4 over 4 epochs: vo's F1 still climbs (81, 96, 100, 100 when written), so the best epoch is not the
+    # worst; at 1e-3 every epoch scored 100 and a checkpoint kept by the lowest F1 passed unnoticed.)
     rows = _rows(run / "results.csv")
     assert [(r["lang"], r["split"]) for r in rows] == [
         ("io", "valid"),
