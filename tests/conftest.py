@@ -9,7 +9,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 # conf/xlmtrain.yaml's default `run_name` uses the CLI's `${xlmtrain.run_name:...}` resolver, registered when the
-# CLI is imported (through its `python -m` shim): tests that compose the config with Hydra's compose API need it.
+# CLI is imported (through its `python -m` shim): tests that compose the config with Hydra's compose API need it,
+# and the importing also stores the config nodes the group YAML starts from (cli/defaults.py).
 import xlmtrain.__main__  # noqa: F401, E402
 
 REPO = Path(__file__).resolve().parent.parent

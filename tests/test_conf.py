@@ -128,7 +128,7 @@ def test_preprocess_knobs_are_the_dataclass_defaults() -> None:
     dataclass by the CLI module), each settable on the command line without `+`."""
     import dataclasses
 
-    import xlmtrain.preprocess  # noqa: F401  (the CLI stores the `preprocess_settings` node)
+    import xlmtrain.preprocess  # noqa: F401  (the CLI stores the `preprocess_defaults` node)
     from xlmtrain.data.pipeline import PreprocessSettings
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -137,3 +137,31 @@ def test_preprocess_knobs_are_the_dataclass_defaults() -> None:
         k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("input", "output", "force", "step", "shard")
     }
     assert knobs == {**dataclasses.asdict(PreprocessSettings()), "min_count": 3}
+
+
+@pytest.mark.parametrize(
+    ("path", "block", "cls"),
+    [
+        ("data/synthetic.yaml", "preprocess", "xlmtrain.data.pipeline:PreprocessSettings"),
+        ("data/synthetic.yaml", "batching", "xlmtrain.objectives.data:BatchSettings"),
+        ("objective/mlm.yaml", "masking", "xlmtrain.objectives.data:MaskingSettings"),
+        ("objective/mlm.yaml", "alignment", "xlmtrain.objectives.alignment:AlignmentSettings"),
+    ],
+)
+def test_group_yaml_restates_no_dataclass_default(path: str, block: str, cls: str) -> None:
+    """The block starts from the dataclass's defaults node and sets only values that differ from them; composed,
+    it holds every field (so each is settable without `+`)."""
+    import dataclasses
+    import importlib
+
+    import yaml
+
+    module, name = cls.split(":")
+    fields = dataclasses.fields(getattr(importlib.import_module(module), name))
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields}
+    raw = yaml.safe_load((CONF_DIR / path).read_text())
+    restated = {k: v for k, v in (raw.get(block) or {}).items() if k in defaults and v == defaults[k]}
+    assert not restated, f"{path}: {block} restates dataclass defaults {restated}"
+    composed = OmegaConf.to_container(_compose(["+recipe=mlm_tlm_xlco"]))
+    group = composed["data" if path.startswith("data/") else "objective"][block]
+    assert set(group) == set(defaults)

@@ -5,26 +5,24 @@ Sharded: `step=learn`, then `shard=I/N` for I in 0..N-1 (anywhere that sees the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from xlmtrain.cli.defaults import store_defaults
 from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.pipeline import PreprocessSettings, preprocess
 from xlmtrain.settings import typed
 
 CONF_DIR = str(conf_dir())
 
-# The knobs' node (`preprocess_settings`, first in conf/preprocess.yaml's defaults) is built from
-# `PreprocessSettings`' own defaults: they live once, in the dataclass, and every knob can still be set on the
-# command line (`bpe_merges=100`) and listed (`python -m xlmtrain.preprocess --cfg job input=. output=.`).
-KNOBS = {f.name: f.default for f in dataclasses.fields(PreprocessSettings)}
-ConfigStore.instance().store(name="preprocess_settings", node=KNOBS)
+# conf/preprocess.yaml starts from the knobs' defaults as `PreprocessSettings` holds them (the training config's
+# data.preprocess starts from the same node): every knob can still be set on the command line (`bpe_merges=100`)
+# and listed (`python -m xlmtrain.preprocess --cfg job input=. output=.`).
+store_defaults("preprocess_defaults", PreprocessSettings)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="preprocess", version_base="1.3")

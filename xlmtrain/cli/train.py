@@ -35,9 +35,13 @@ from omegaconf.errors import MissingMandatoryValue
 
 from xlmtrain.cli import run_names
 from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
+from xlmtrain.cli.defaults import store_defaults
 from xlmtrain.config_dir import conf_dir
+from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.jobs.finetune_config import PretrainedModel, TaskSettings
 from xlmtrain.jobs.pretrain_config import DataSettings, ObjectiveSettings
+from xlmtrain.objectives.alignment import AlignmentSettings
+from xlmtrain.objectives.data import BatchSettings, MaskingSettings
 from xlmtrain.settings import SettingsError, check_call, typed
 
 run_names.register()  # `${xlmtrain.run_name:...}` in conf/xlmtrain.yaml
@@ -45,6 +49,19 @@ run_names.register()  # `${xlmtrain.run_name:...}` in conf/xlmtrain.yaml
 if TYPE_CHECKING:
     from xlmtrain.jobs.finetune import FinetuneSettings
     from xlmtrain.jobs.pretrain import PretrainSettings
+
+# ---------------------------------------------------------------- defaults that live in dataclasses
+
+DEFAULTS_NODES = {
+    "batching_defaults": BatchSettings,  # conf/data/synthetic.yaml: data.batching
+    "preprocess_defaults": PreprocessSettings,  # conf/data/synthetic.yaml: data.preprocess
+    "masking_defaults": MaskingSettings,  # conf/objective/mlm.yaml: objective.masking
+    "alignment_defaults": AlignmentSettings,  # conf/objective/mlm.yaml: objective.alignment
+}
+"""Stored (`cli/defaults.py`) when this module is imported, before any config is composed."""
+for _name, _cls in DEFAULTS_NODES.items():
+    store_defaults(_name, _cls)
+
 
 # ---------------------------------------------------------------- the config tree's schema
 
