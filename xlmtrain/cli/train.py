@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from xlmtrain.cli import run_names
-from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
 from xlmtrain.cli.defaults import store_defaults
+from xlmtrain.cli.errors import one_line_errors, quiet_known_noise, route_lightning_logs
 from xlmtrain.config_dir import conf_dir
 from xlmtrain.data.pipeline import PreprocessSettings
 from xlmtrain.jobs.finetune_config import PretrainedModel, TaskSettings
