@@ -79,6 +79,7 @@ def _error_line(done: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow  # real trainings in subprocesses (~10-35 s each): the fast suite stays ~2 min
 def test_another_run_in_the_same_run_dir_is_refused_in_one_line(synthetic_prep: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     _ok(_tlm(synthetic_prep, f"run_dir={run_dir}", "trainer.max_steps=4"), tmp_path)
@@ -106,6 +107,7 @@ def test_another_run_in_the_same_run_dir_is_refused_in_one_line(synthetic_prep: 
     assert "resuming from" in (run_dir / "train.log").read_text() or (run_dir / "train.log").stat().st_size > 0
 
 
+@pytest.mark.slow  # real trainings in subprocesses (~10-35 s each): the fast suite stays ~2 min
 def test_hydra_run_dir_moves_the_whole_run(synthetic_prep: Path, tmp_path: Path) -> None:
     target = tmp_path / "D"
     out = _ok(_tlm(synthetic_prep, f"hydra.run.dir={target}", "trainer.max_steps=3", "trainer.enable_progress_bar=true"),
@@ -118,6 +120,7 @@ def test_hydra_run_dir_moves_the_whole_run(synthetic_prep: Path, tmp_path: Path)
     assert not (tmp_path / "runs").exists(), "something was written to the default run dir"
 
 
+@pytest.mark.slow  # real trainings in subprocesses (~10-35 s each): the fast suite stays ~2 min
 def test_own_errors_are_one_line_with_exit_code_2(synthetic_prep: Path, tmp_path: Path) -> None:
     line = _error_line(_run(["+recipe=tlm", f"data.dir={tmp_path / 'absent'}", f"run_dir={tmp_path / 'r'}"], tmp_path))
     assert line == f"error: data.dir={tmp_path / 'absent'}: no such directory"
