@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def test_wandb_run_id_is_the_runs_own_and_kept_on_resume(synthetic_prep: Path, t
     assert start("trainer.max_steps=3") == first  # resumed: same wandb run
     third = start("trainer.max_steps=2", "resume=never")
     assert third != first
-    ids = sorted(p.name.rsplit("-", 1)[-1] for p in run.rglob("offline-run-*") if p.is_dir())
+    # wandb names a run's folder offline-run-<YYYYMMDD_HHMMSS>-<id>, adding -1, -2 when a folder of that second exists
+    folder = re.compile(r"offline-run-\d{8}_\d{6}-(run-[0-9a-f]+)(?:-\d+)?")
+    ids = {folder.fullmatch(p.name).group(1) for p in run.rglob("offline-run-*") if p.is_dir()}
     # exactly two wandb runs: the continuation logged to the first run's id (a new id there would be a third)
-    assert set(ids) == {first.rsplit("-", 1)[-1], third.rsplit("-", 1)[-1]}, ids
+    assert ids == {first, third}, ids
