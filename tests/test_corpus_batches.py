@@ -110,8 +110,8 @@ def test_resume_disjoint_ranks_and_determinism(tmp_path, kind):
     assert not all(torch.equal(a, b) for a, b in zip(_take(make(seed=4), 5), full[:5]))
     # ranks: disjoint shards covering the same number of batches
     r0, r1 = make(0, 2), make(1, 2)
-    items0 = {int(i) for i in r0._epoch_order()}
-    items1 = {int(i) for i in r1._epoch_order()}
+    items0 = {int(i) for i in r0._current_order()}
+    items1 = {int(i) for i in r1._current_order()}
     assert len(items0) == len(items1) > 0 and not items0 & items1
 
 

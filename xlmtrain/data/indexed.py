@@ -126,7 +126,11 @@ class IndexedCorpus:
     @property
     def lengths(self) -> np.ndarray:
         """Sentence lengths without `</s>` (an in-RAM int64 array of `len(self)` entries)."""
-        return np.diff(self.offsets) - 1
+        return self.lengths_of(slice(None))
+
+    def lengths_of(self, ids: np.ndarray | slice) -> np.ndarray:
+        """Lengths without `</s>` of the sentences `ids` (int64), reading only their offsets."""
+        return np.asarray(self.offsets[1:][ids] - self.offsets[:-1][ids], dtype=np.int64) - 1
 
     @property
     def n_tokens(self) -> int:

@@ -4,7 +4,8 @@ Both turn the data pipeline's iterators (`StreamBatches` for monolingual streams
 for pairs) into `LMBatch`es for the stream's objective. All randomness is derived from counters, not
 from running generator state: the stream of training batch `k` is drawn with a generator seeded by
 `(seed, k)`, its masking with `(seed, k, 1)`, validation masking with `(eval_seed, stream, batch)`.
-So the state of a run is the batch counter plus the data iterators' `{epoch, position}`.
+So the state of a run is the batch counter plus the data iterators' `{epoch, position}` (pair streams add
+the planning `window`), each O(1): resuming plans only the window it falls in.
 
 Data parallelism (DDP over `world_size` ranks). `batch_size` / `tokens_per_batch` are GLOBAL: every rank
 walks the same data order, builds the same global batch `k` (the same stream, the same rows, the same
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from xlmtrain.data.corpus_batches import ParallelBatches, StreamBatches
+from xlmtrain.data.corpus_batches import DEFAULT_PLAN_WINDOW, ParallelBatches, StreamBatches
 from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.objectives.batches import (
     LMBatch,
@@ -70,6 +71,10 @@ class BatchSettings:
         tokens_per_batch: token budget of a pair batch instead of `batch_size` (None: use batch_size).
         max_len: pairs with a side longer than this (BPE tokens) are left out of training.
         group_by_size: sort pairs by length before cutting batches (less padding).
+        plan_window: pairs per planning window of the training pair streams: each pass is planned `plan_window`
+            random pairs at a time (XLM's shuffle, length grouping and cutting inside the window), so the plan's
+            memory does not grow with the corpus; 0: the whole corpus in one window, XLM's plan exactly (as is any
+            corpus no larger than the window). Default `DEFAULT_PLAN_WINDOW` (2**18, see there).
         valid_batch_size: rows per validation batch. Monolingual validation streams are laid out in ONE column,
             as XLM evaluates them (batch size 1: at most bptt - 1 leading `</s>` of padding), and
             `valid_batch_size` consecutive bptt-chunks of that column make one batch.
@@ -85,6 +90,7 @@ class BatchSettings:
     tokens_per_batch: int | None = None
     max_len: int = 100
     group_by_size: bool = True
+    plan_window: int = DEFAULT_PLAN_WINDOW
     valid_batch_size: int = 16
     valid_max_batches: int | None = None
     valid_limits: str = "xlm"
@@ -93,6 +99,8 @@ class BatchSettings:
         for name in ("batch_size", "bptt", "max_len", "valid_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.batching.{name} must be > 0, got {getattr(self, name)}")
+        if self.plan_window < 0:
+            raise ValueError(f"data.batching.plan_window must be >= 0 (0: the whole corpus), got {self.plan_window}")
         if self.valid_limits not in ("xlm", "none"):
             raise ValueError(f"data.batching.valid_limits must be xlm or none, got {self.valid_limits!r}")
 
@@ -273,7 +281,15 @@ class PretrainBatches:
                 sizing = (
                     {"tokens_per_batch": b.tokens_per_batch} if b.tokens_per_batch else {"batch_size": b.batch_size}
                 )
-                it = ParallelBatches(c1, c2, max_len=b.max_len, group_by_size=b.group_by_size, **sizing, **common)
+                it = ParallelBatches(
+                    c1,
+                    c2,
+                    max_len=b.max_len,
+                    group_by_size=b.group_by_size,
+                    plan_window=b.plan_window,
+                    **sizing,
+                    **common,
+                )
             else:
                 it = StreamBatches(self.data.mono("train", spec.langs[0]), b.bptt, b.batch_size, **common)
             self._iterators.append(it)
@@ -354,8 +370,11 @@ class PretrainBatches:
 
     def _apply(self, state: dict[str, Any]) -> None:
         self._next_index = int(state["index"])
-        for it, s in zip(self._iterators, state["streams"]):
-            it.load_state_dict(s)
+        for spec, it, s in zip(self.specs, self._iterators, state["streams"]):
+            try:
+                it.load_state_dict(s)
+            except ValueError as error:
+                raise ValueError(f"stream {spec.name}: {error}") from None
         self._states.clear()
 
 
