@@ -27,14 +27,14 @@ def _corpus(path: Path, sentences: list[list[int]]) -> IndexedCorpus:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[IndexedCorpus, IndexedCorpus, np.ndarray, np.ndarray]:
-    """(side 1, side 2, sizes len1 + len2 + 4, kept mask): side 1 has 1..14 tokens (some over MAX_LEN), side 2
-    is empty for every 7th pair."""
+    """(side 1, side 2, sizes len1 + len2 + 4, kept mask): side 1 has 1..14 tokens, side 2 1..12 (some over MAX_LEN)
+    or none for every 7th pair."""
     rng = np.random.default_rng(0)
     len1 = rng.integers(1, 15, size=N)
-    len2 = np.where(np.arange(N) % 7 == 3, 0, rng.integers(1, 9, size=N))
+    len2 = np.where(np.arange(N) % 7 == 3, 0, rng.integers(1, 13, size=N))
     side1 = [[100 + i] + [20] * (int(n) - 1) for i, n in enumerate(len1)]
     side2 = [[30] * int(n) for n in len2]
-    kept = (len1 <= MAX_LEN) & (len2 > 0)
+    kept = (len1 <= MAX_LEN) & (len2 > 0) & (len2 <= MAX_LEN)
     return _corpus(tmp_path / "a", side1), _corpus(tmp_path / "b", side2), len1 + len2 + 4, kept
 
 
