@@ -175,6 +175,9 @@ def test_plan_window_reaches_the_training_pair_streams(synthetic_prep: Path) -> 
     from xlmtrain.data.preprocessed import PreprocessedData
     from xlmtrain.objectives.data import BatchSettings, MaskingSettings, PretrainBatches
     from xlmtrain.objectives.streams import StreamSpec
+    from xlmtrain.training.run_identity import is_identity_key
+
+    assert is_identity_key("data.batching.plan_window")  # a resume with another window is refused, not reordered
 
     data = PreprocessedData(synthetic_prep)
     dico = data.dictionary
