@@ -113,6 +113,7 @@ class PretrainModule(pl.LightningModule):
         self._pending_rng_states: dict[str, torch.Tensor] | None = None
         self._step_loss: tuple[TrainItem, torch.Tensor] | None = None
         self._last_trained_index = -1
+        self._stream_cells_step = -1  # the optimizer step whose per-stream loss cells are being filled
         self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
         present = {spec.average_group for spec in self.valid_specs}
@@ -215,6 +216,7 @@ class PretrainModule(pl.LightningModule):
         self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
         self.log("train_loss", item.lambda_ * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False, batch_size=bs)
 
     def configure_gradient_clipping(
         self,
@@ -287,6 +289,7 @@ class PretrainModule(pl.LightningModule):
         for group, values in per_stream.items():  # XLM's averages: the mean of the per-stream values
             self.log(f"valid_{group}_ppl", torch.stack([p for p, _ in values]).mean(), sync_dist=True)
             self.log(f"valid_{group}_acc", torch.stack([a for _, a in values]).mean(), sync_dist=True)
+        self.log("step", float(self.global_step))
 
     def configure_optimizers(self) -> Any:
         """The optimizer over all parameters and, if configured, a per-step LR scheduler."""
@@ -351,12 +354,23 @@ class PretrainModule(pl.LightningModule):
             torch.manual_seed(torch.initial_seed() + rank)
 
     def on_train_batch_start(self, batch: TrainItem, batch_idx: int) -> None:
-        """Log every step at its optimizer step. Lightning logs at `fit_loop.epoch_loop._batches_that_stepped`,
-        which it does not save up to date: on restart it adds one to the saved value, right for a checkpoint saved
-        mid-step, one too many for the one saved at the end of training. A run continued past its `max_steps`
-        (e.g. with another number of processes) then logged every step one too high. One optimizer step per
-        Lightning step here (accumulated micro-batches included), so the logging step is `global_step`."""
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+        """Keep Lightning's logging cadence on optimizer steps and start each step's per-stream loss cells empty.
+
+        `log_every_n_steps` counts `fit_loop.epoch_loop._batches_that_stepped`, which Lightning does not save up
+        to date: on restart it adds one to the saved value, right for a checkpoint saved mid-step, one too many for
+        the one saved at the end of training. It is `global_step` here (one optimizer step per Lightning step,
+        accumulated micro-batches included). Lightning also re-logs an on_step value at every later step until it
+        is logged again, so a stream's loss column would repeat its last value on the steps of the other streams:
+        its cells are cleared when a new optimizer step starts (metrics.csv then has a value only where that
+        stream trained)."""
+        trainer = self.trainer
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        if self._stream_cells_step != trainer.global_step:
+            self._stream_cells_step = trainer.global_step
+            stream_keys = {f"on_after_backward.train_{spec.name}_loss" for spec in self.specs}
+            for key, result in trainer._results.items():
+                if key in stream_keys:
+                    result.reset()
 
 
 def _stream_fields(spec: StreamSpec) -> dict[str, Any]:
