@@ -70,6 +70,23 @@ def test_metrics_rows_count_optimizer_steps_and_hold_only_the_trained_streams_lo
     }
 
 
+def test_train_loss_is_the_mean_over_a_steps_accumulated_draws(synthetic_prep: Path, tmp_path: Path) -> None:
+    """With 2 draws per update, a row's train_loss is what the update minimised (the draws' mean, lambda 1) and a
+    stream's cell the mean of its draws in that step: two streams -> the mean of their cells, one -> its cell."""
+    run = tmp_path / "run"
+    run_job(
+        _cfg(synthetic_prep, run, "mlm", "trainer.max_steps=5", "trainer.accumulate_grad_batches=2", "export=false")
+    )
+    train = [r for r in read_metrics(run / "metrics.csv") if "train_loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    n_cells = []
+    for r in train:
+        cells = [v for k, v in r.items() if k.startswith("train_") and k != "train_loss"]
+        n_cells.append(len(cells))
+        assert r["train_loss"] == pytest.approx(sum(cells) / len(cells), rel=1e-6), r
+    assert set(n_cells) == {1, 2}  # both cases occur with this seed
+
+
 def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path: Path) -> None:
     from transformers import XLMWithLMHeadModel
 
