@@ -182,14 +182,15 @@ def test_run_names_come_from_the_overrides_locally_and_under_submitit() -> None:
 @pytest.mark.slow
 def test_a_second_training_into_a_held_run_dir_is_refused(synthetic_prep: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = _tlm(synthetic_prep, f"run_dir={run_dir}", "trainer.max_steps=5000", "checkpoint.every_n_train_steps=1000")
-    first = _start(args, tmp_path)
+    args = _tlm(synthetic_prep, f"run_dir={run_dir}", "checkpoint.every_n_train_steps=1000")
+    first = _start([*args, "trainer.max_steps=5000"], tmp_path)
     try:
         deadline = time.monotonic() + 300
         while not train_rows(run_dir):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.2)
-        line = _error_line(_run(args, tmp_path))
+        # The second asks for 2 steps (a safe change): without the lock it would train them and exit 0, fast.
+        line = _error_line(_run([*args, "trainer.max_steps=2"], tmp_path))
         assert f"{run_dir} is in use by another training (pid {first.pid}" in line
         assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
     finally:
