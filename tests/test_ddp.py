@@ -33,7 +33,7 @@ def test_two_processes_match_one_process_step_for_step(synthetic_prep: Path, tmp
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out and "distributed_backend=gloo" in out, out
 
     a, b = train_rows(one), train_rows(two)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(12))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
     # The same loss every step to float tolerance (the 3 streams of mlm_tlm give losses far apart, so a
     # different stream or different rows on either rank would show; `test_ddp_sharding` checks both directly).
     torch.testing.assert_close(torch.tensor([r["train_loss"] for r in b]), torch.tensor([r["train_loss"] for r in a]),

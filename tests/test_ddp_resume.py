@@ -107,7 +107,7 @@ def test_two_ranks_are_one_process_replaying_each_ranks_rows_with_its_generator(
     checkpoint = torch.load(killed.parent / "killed.ckpt", weights_only=True, map_location="cpu")
     step = int(checkpoint["global_step"])
     rows = read_metrics(killed.parent / "killed_metrics.csv")
-    logged = {int(r["step"]): r["train_loss"] for r in rows if "train_loss" in r}[step]  # the update after it
+    logged = {int(r["step"]): r["train_loss"] for r in rows if "train_loss" in r}[step + 1]  # the update after it
     generators = [state.clone() for state in checkpoint[CPU_KEY]]  # rows of one (2, n) tensor: own storage
     assert len(generators) == 2 and not torch.equal(generators[0], generators[1]), "one dropout stream per rank"
 
@@ -130,7 +130,7 @@ def test_sigkilled_two_process_run_restarted_is_bit_identical(
     assert before[resumed_from(out, killed)] == saved_step
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out, out
     ours, theirs = ([(r["step"], r["train_loss"], r["lr"]) for r in train_rows(d)] for d in (killed, reference))
-    assert [r[0] for r in ours] == list(range(MAX_STEPS)), "every step logged exactly once"
+    assert [r[0] for r in ours] == list(range(1, MAX_STEPS + 1)), "every step logged exactly once"
     assert ours == theirs  # bit for bit, dropout on: every rank's generator was restored
     assert valid_rows(killed) == valid_rows(reference)
     a, b = final_weights(killed), final_weights(reference)

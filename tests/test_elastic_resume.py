@@ -61,7 +61,7 @@ def _resumed_with(prep: Path, run_dir: Path, before: int, after: int) -> Path:
 
 def _assert_continues(run_dir: Path, reference: Path) -> None:
     ours, theirs = train_rows(run_dir), train_rows(reference)
-    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == list(range(STEPS))
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == list(range(1, STEPS + 1))
     # The same stream at every step, all three of them drawn (bit-identical choices: names, not numbers).
     assert _streams(run_dir) == _streams(reference)
     assert set(_streams(reference)) == {"train_io_mlm_loss", "train_vo_mlm_loss", "train_io-vo_tlm_loss"}

@@ -132,9 +132,9 @@ def test_skipped_batches_leave_every_other_batch_unchanged(synthetic_prep: Path,
 
 @pytest.mark.parametrize("every", [1, 1000])
 def test_a_nan_step_never_reaches_a_checkpoint(synthetic_prep: Path, tmp_path: Path, every: int) -> None:
-    """A real Lightning run poisoned before batch 6: fit stops with NumericsRollback naming step 6, batch 6 and
-    its stream, right at that step on CPU, whether or not a checkpoint write follows it; with checkpoints every
-    step the newest is step 6 (the state before the bad step), and every checkpoint is finite."""
+    """A real Lightning run poisoned before batch 6 (the 7th update): fit stops with NumericsRollback naming step 7,
+    batch 6 and its stream, right at that step on CPU, whether or not a checkpoint write follows it; with
+    checkpoints every step the newest is step 6 (the state before the bad step), and every checkpoint is finite."""
     run_dir = tmp_path / "run"
     cfg = _cfg(synthetic_prep, run_dir, "trainer.max_steps=20", f"checkpoint.every_n_train_steps={every}",
                "+callbacks.fault._target_=tests.numerics_faults.PoisonAtBatch", "+callbacks.fault.batches=[6]")  # fmt: skip
@@ -142,7 +142,7 @@ def test_a_nan_step_never_reaches_a_checkpoint(synthetic_prep: Path, tmp_path: P
     with pytest.raises(NumericsRollback) as error:
         trainer.fit(module)
     bad = error.value.bad
-    assert (bad.step, bad.batch, bad.reason) == (6, 6, "non-finite loss")
+    assert (bad.step, bad.batch, bad.reason) == (7, 6, "non-finite loss")
     assert bad.stream in ("io_mlm", "vo_mlm", "io-vo_tlm") and bad.langs in ("io", "vo", "io-vo")
     for path in (run_dir / "checkpoints").glob("*.ckpt"):
         checkpoint = load_checkpoint_file(path)

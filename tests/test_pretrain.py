@@ -48,6 +48,45 @@ def _check_loss_falls(run_dir: Path) -> None:
     assert last < first - 0.3, f"loss did not fall: {first:.3f} -> {last:.3f}"
 
 
+def test_metrics_rows_count_optimizer_steps_and_hold_only_the_trained_streams_loss(
+    synthetic_prep: Path, tmp_path: Path
+) -> None:
+    """Rows, checkpoints and the progress bar count steps alike (row s = the s-th update; the validation after s
+    updates is row s, as is its checkpoint), and a per-stream loss cell is filled only on that stream's steps."""
+    run = tmp_path / "run"
+    run_job(_cfg(synthetic_prep, run, "mlm", "trainer.max_steps=6", "trainer.val_check_interval=3", "export=false"))
+    rows = read_metrics(run / "metrics.csv")
+    train = [r for r in rows if "train_loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "valid_mlm_ppl" in r] == [3, 6]
+    best = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True, map_location="cpu")
+    assert best["global_step"] in (3, 6)
+    for r in train:  # lambda 1: the trained stream's cell is the step's loss; no other stream's stale value
+        (stream,) = [k for k in r if k.startswith("train_") and k != "train_loss"]
+        assert r[stream] == r["train_loss"], r
+    assert {k for r in train for k in r if k.startswith("train_") and k != "train_loss"} == {
+        "train_io_mlm_loss",
+        "train_vo_mlm_loss",
+    }
+
+
+def test_train_loss_is_the_mean_over_a_steps_accumulated_draws(synthetic_prep: Path, tmp_path: Path) -> None:
+    """With 2 draws per update, a row's train_loss is what the update minimised (the draws' mean, lambda 1) and a
+    stream's cell the mean of its draws in that step: two streams -> the mean of their cells, one -> its cell."""
+    run = tmp_path / "run"
+    run_job(
+        _cfg(synthetic_prep, run, "mlm", "trainer.max_steps=5", "trainer.accumulate_grad_batches=2", "export=false")
+    )
+    train = [r for r in read_metrics(run / "metrics.csv") if "train_loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    n_cells = []
+    for r in train:
+        cells = [v for k, v in r.items() if k.startswith("train_") and k != "train_loss"]
+        n_cells.append(len(cells))
+        assert r["train_loss"] == pytest.approx(sum(cells) / len(cells), rel=1e-6), r
+    assert set(n_cells) == {1, 2}  # both cases occur with this seed
+
+
 def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path: Path) -> None:
     from transformers import XLMWithLMHeadModel
 
@@ -66,10 +105,12 @@ def test_tlm_run_outputs_and_transformers_parity(synthetic_prep: Path, tmp_path:
     assert len(validations) == 2 and validations[0][0] != validations[1][0]
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
     best_step = torch.load(best, weights_only=True, map_location="cpu")["global_step"]
-    assert best_step == min(validations)[1] + 1, (best, validations)  # rows carry the step before the update count
+    assert best_step == min(validations)[1], (best, validations)  # a validation row carries its checkpoint's step
     # The lr each update used (logged in training_step) is the warmup + inverse-sqrt schedule by hand:
     # peak 3e-3, 5 warmup steps from 1e-7 (TINY), then 3e-3 * sqrt(5 / step).
-    lrs = {int(r["step"]): r["lr"] for r in rows if "lr" in r}
+    # Row s is update s (1-based); its lr is the schedule's value after s - 1 scheduler steps.
+    lrs = {int(r["step"]) - 1: r["lr"] for r in rows if "lr" in r}
+    assert sorted(lrs) == list(range(40))
     assert lrs[0] == pytest.approx(1e-7) and lrs[2] == pytest.approx(1e-7 + 2 * (3e-3 - 1e-7) / 5)
     assert (
         lrs[5] == pytest.approx(3e-3)

@@ -88,7 +88,7 @@ def _assert_same_run(run_dir: Path, reference: Path, max_steps: int = MAX_STEPS)
     # Only the columns logged every step: Lightning repeats a per-stream loss column's last value on the
     # steps of other streams, so those cells depend on when the process started.
     ours, theirs = ([(r["step"], r["train_loss"], r["lr"]) for r in train_rows(d)] for d in (run_dir, reference))
-    assert [r[0] for r in ours] == list(range(max_steps)), "every step logged exactly once"
+    assert [r[0] for r in ours] == list(range(1, max_steps + 1)), "every step logged exactly once"
     assert ours == theirs  # bit for bit
     assert valid_rows(run_dir) == valid_rows(reference)
     a, b = exported_weights(run_dir), exported_weights(reference)

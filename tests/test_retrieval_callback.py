@@ -70,7 +70,7 @@ def test_callback_logs_p_at_1_of_the_trained_model(synthetic_prep: Path, tmp_pat
     )
     run_job(cfg)
     rows = [r for r in read_metrics(run / "metrics.csv") if "valid_io-vo_retrieval_p@1" in r]
-    assert [r["step"] for r in rows] == [1, 3]  # validation after steps 2 and 4 (Lightning logs step - 1)
+    assert [r["step"] for r in rows] == [2, 4]  # validation after steps 2 and 4
     assert all("valid_vo-io_retrieval_p@1" in r for r in rows)
     # The last logged values are those of the exported (final) model, recomputed independently.
     expected = _p_at_1(run, PreprocessedData(synthetic_prep), 30)

@@ -100,9 +100,9 @@ def test_another_run_in_the_same_run_dir_is_refused_in_one_line(synthetic_prep: 
     record = json.loads((run_dir / "run.json").read_text())
     change = record["continuations"][-1]
     assert change["step"] == 4 and change["safe"]["trainer.max_steps"] == [4, 6]
-    # The continued rows follow on without a gap (they were one step high when the run continued from its final
-    # checkpoint with the same validation interval: LoggingStepOnResume).
-    assert [r["step"] for r in train_rows(run_dir)] == list(range(6))
+    # The continued rows follow on without a gap (Lightning's restored logging count is one high after the final
+    # checkpoint of a finished run: PretrainModule.on_train_batch_start resets it).
+    assert [r["step"] for r in train_rows(run_dir)] == list(range(1, 7))
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     assert "resuming from" in (run_dir / "train.log").read_text() or (run_dir / "train.log").stat().st_size > 0
 
@@ -182,14 +182,15 @@ def test_run_names_come_from_the_overrides_locally_and_under_submitit() -> None:
 @pytest.mark.slow
 def test_a_second_training_into_a_held_run_dir_is_refused(synthetic_prep: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = _tlm(synthetic_prep, f"run_dir={run_dir}", "trainer.max_steps=5000", "checkpoint.every_n_train_steps=1000")
-    first = _start(args, tmp_path)
+    args = _tlm(synthetic_prep, f"run_dir={run_dir}", "checkpoint.every_n_train_steps=1000")
+    first = _start([*args, "trainer.max_steps=5000"], tmp_path)
     try:
         deadline = time.monotonic() + 300
         while not train_rows(run_dir):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.2)
-        line = _error_line(_run(args, tmp_path))
+        # The second asks for 2 steps (a safe change): without the lock it would train them and exit 0, fast.
+        line = _error_line(_run([*args, "trainer.max_steps=2"], tmp_path))
         assert f"{run_dir} is in use by another training (pid {first.pid}" in line
         assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
     finally:
@@ -210,17 +211,17 @@ def test_resume_never_archives_and_the_next_start_resumes_the_new_run(synthetic_
     archives = sorted(run_dir.glob("previous-*"))
     assert len(archives) == 1
     assert validated_step(archives[0] / "checkpoints" / "last.ckpt") == 6  # the old run, whole
-    assert [r["step"] for r in train_rows(archives[0])] == list(range(6))
+    assert [r["step"] for r in train_rows(archives[0])] == list(range(1, 7))
     second = json.loads((run_dir / "run.json").read_text())
     second_rows = train_rows(run_dir)
-    assert [r["step"] for r in second_rows] == list(range(4))
+    assert [r["step"] for r in second_rows] == list(range(1, 5))
     assert second["run_id"] != first["run_id"] and second["identity"]["seed"] == 1
 
     out = _ok([*base, "trainer.max_steps=8", "seed=1"], tmp_path)  # a plain start: continues the new run
     assert re.search(r"resuming from \S+ \(step 4\)|resuming from .*last\.ckpt", out), out
     # The new run's rows only (seed 1's losses, not the archived seed-0 run's), numbered without a gap.
     rows = train_rows(run_dir)
-    assert [r["step"] for r in rows] == list(range(8))
+    assert [r["step"] for r in rows] == list(range(1, 9))
     new_run_losses = [r["train_loss"] for r in rows[:4]]
     assert new_run_losses == [r["train_loss"] for r in second_rows]
     assert new_run_losses != [r["train_loss"] for r in train_rows(archives[0])[:4]]
@@ -244,7 +245,7 @@ def test_a_sweep_gives_each_job_its_own_run_dir_and_a_table(synthetic_prep: Path
     for run_dir in runs:
         assert (run_dir / "model" / "config.json").is_file()
         rows = train_rows(run_dir)
-        assert [r["step"] for r in rows] == list(range(8))
+        assert [r["step"] for r in rows] == list(range(1, 9))
         losses.append(rows[-1]["train_loss"])
     assert losses[0] != losses[1]
     assert (
@@ -274,11 +275,11 @@ def test_a_nan_rolls_back_skips_its_batch_and_finishes(synthetic_prep: Path, tmp
     assert "rolling back to step 5 and skipping batch 5" in out, out
     skipped = json.loads((run_dir / "numerics.json").read_text())["skipped"]
     assert [(s["step"], s["batch"], s["reason"], s["rolled_back_to"]) for s in skipped] == [
-        (5, 5, "non-finite loss", 5)
+        (6, 5, "non-finite loss", 5)
     ]
     assert skipped[0]["stream"] == "io-vo_tlm" and skipped[0]["langs"] == "io-vo"
     rows = train_rows(run_dir)
-    assert [r["step"] for r in rows] == list(range(10)) and all(
+    assert [r["step"] for r in rows] == list(range(1, 11)) and all(
         torch.isfinite(torch.tensor(r["train_loss"])) for r in rows
     )
     _assert_no_poisoned_checkpoint(run_dir)
@@ -298,4 +299,4 @@ def test_repeated_nans_stop_in_one_line_and_never_leave_a_poisoned_state(synthet
     # The same command without the fault: resumes the last good state, skips the recorded batches, finishes.
     _ok(args, tmp_path)
     _assert_no_poisoned_checkpoint(run_dir)
-    assert [r["step"] for r in train_rows(run_dir)] == list(range(12))
+    assert [r["step"] for r in train_rows(run_dir)] == list(range(1, 13))

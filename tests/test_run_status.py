@@ -14,7 +14,7 @@ from xlmtrain.runs import main
 from xlmtrain.training.run_status import find_runs, summarize_run, write_status
 
 METRICS = "lr,step,train_loss,train_io_mlm_loss,valid_mlm_ppl,valid_io_mlm_ppl\n" \
-          "0.1,0,5.0,5.0,,\n0.1,1,4.0,4.0,,\n,1,,,30.5,31.0\n0.1,2,3.5,3.5,,\n"  # fmt: skip
+          "0.1,1,5.0,5.0,,\n0.1,2,4.0,4.0,,\n,2,,,30.5,31.0\n0.1,3,3.5,3.5,,\n"  # fmt: skip
 
 
 def _run(root: Path, name: str, state: str | None, step: int = 3, metrics: str = METRICS) -> Path:

@@ -124,7 +124,7 @@ def test_two_task_job_trains_and_exports(local_slurm: LocalSlurm, synthetic_prep
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and "distributed_backend=gloo" in log, log
     # No GPU in this allocation: the script chose the CPU in fp32 by itself (the test passes no accelerator).
     assert "0 GPU(s) per node (trainer.accelerator=cpu trainer.precision=32-true)" in log, log
-    assert [r["step"] for r in train_rows(run_dir)] == list(range(12))
+    assert [r["step"] for r in train_rows(run_dir)] == list(range(1, 13))
     assert validated_step(run_dir / "checkpoints" / "last.ckpt") == 12
     assert set(exported_weights(run_dir)) and (run_dir / "model" / "config.json").is_file()
 
@@ -135,7 +135,7 @@ def test_usr1_preemption_requeues_and_resumes(local_slurm: LocalSlurm, synthetic
     steps = 150
     job = submit(local_slurm, synthetic_prep, run_dir, f"trainer.max_steps={steps}", "trainer.val_check_interval=50")
     deadline = time.monotonic() + 240
-    while not any(r["step"] >= 3 for r in train_rows(run_dir)):
+    while not any(r["step"] >= 4 for r in train_rows(run_dir)):
         assert time.monotonic() < deadline, job_log(run_dir)
         assert local_slurm.job_fields(job)["JobState"] in {"PENDING", "RUNNING"}, job_log(run_dir)
         time.sleep(0.2)
@@ -155,7 +155,7 @@ def test_usr1_preemption_requeues_and_resumes(local_slurm: LocalSlurm, synthetic
     assert 3 < preempted_at < steps, log
     assert before[resumed_from(log, run_dir)] == preempted_at, log
     # Every step logged once across both attempts, and the finished run exported its model.
-    assert [r["step"] for r in train_rows(run_dir)] == list(range(steps))
+    assert [r["step"] for r in train_rows(run_dir)] == list(range(1, steps + 1))
     assert validated_step(saved) == steps
     assert set(exported_weights(run_dir))
 

@@ -42,7 +42,6 @@ from xlmtrain.training.preemption import PreemptionCallback, cluster_environment
 from xlmtrain.training.progress import StepProgressBar
 from xlmtrain.training.report import final_metrics, format_summary, plot_curves
 from xlmtrain.training.resume import (
-    LoggingStepOnResume,
     OptimizerSettingsOnResume,
     ResumeAgreement,
     find_resume_checkpoint,
@@ -207,7 +206,6 @@ def setup(
     # On a resume the config's optimizer settings (an allowed new lr) hold from the resume step on.
     extra: list[pl.Callback] = [
         OptimizerSettingsOnResume(getattr(settings.optimizer, "keywords", {})),
-        LoggingStepOnResume(),
     ]
     if getattr(settings.trainer, "keywords", {}).get("enable_progress_bar", True):
         extra.append(StepProgressBar())  # step / max_steps, not batches of an epoch the stream mixture lacks

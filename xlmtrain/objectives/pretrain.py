@@ -113,6 +113,8 @@ class PretrainModule(pl.LightningModule):
         self._pending_rng_states: dict[str, torch.Tensor] | None = None
         self._step_loss: tuple[TrainItem, torch.Tensor] | None = None
         self._last_trained_index = -1
+        self._draws_step = -1  # the optimizer step being logged, and its draws so far: (stream, lambda * CE, CE)
+        self._draws: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self.valid_specs = list(valid_batches.specs if valid_batches else self.specs)
         # Token-weighted means: one CE and one accuracy metric per stream and per average group.
         present = {spec.average_group for spec in self.valid_specs}
@@ -199,22 +201,38 @@ class PretrainModule(pl.LightningModule):
         return {"loss": item.lambda_ * ce_sum * (self.trainer.world_size / item.n_targets), "ce": ce_mean}
 
     def on_after_backward(self) -> None:
-        """Make the step's mean CE global and log it.
+        """Make the draw's mean CE global and log the optimizer step's losses.
 
         Under DDP the ranks' shares are all-reduced here, in place, after DDP's gradient buckets (on NCCL the
         reduce is enqueued on the device without a host wait), so the "ce" of the step's output is the global
         mean by the time `NumericsGuard` reads it, identical on every rank.
+
+        `train_loss` is what the update minimised: the mean over the step's draws (accumulated micro-batches) of
+        `lambda * CE`; `train_<stream>_loss` the mean CE of that stream's draws in the step. Lightning keeps the
+        last value logged, so the running means are logged after each draw; and it re-logs an on_step value at
+        every later step until it is logged again, so the per-stream cells are cleared when a step starts
+        (metrics.csv then has a value only where that stream trained).
         """
         if self._step_loss is None:
             return
         (item, ce_mean), self._step_loss = self._step_loss, None
         if self.trainer.world_size > 1:
             torch.distributed.all_reduce(ce_mean)  # the default group: Lightning's DDP process group
+        if self._draws_step != self.global_step:  # the step's first draw
+            self._draws_step, self._draws = self.global_step, []
+            stream_keys = {f"on_after_backward.train_{spec.name}_loss" for spec in self.specs}
+            for key, result in self.trainer._results.items():
+                if key in stream_keys:
+                    result.reset()
         spec = self.specs[item.stream]
+        self._draws.append((spec.name, item.lambda_ * ce_mean, ce_mean))
         bs = len(item.batch.src_ids if isinstance(item.batch, PairBatch) else item.batch.input_ids)
-        self.log(f"train_{spec.name}_loss", ce_mean, on_step=True, on_epoch=False, batch_size=bs)
-        self.log("train_loss", item.lambda_ * ce_mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        stream_ce = torch.stack([ce for name, _, ce in self._draws if name == spec.name]).mean()
+        self.log(f"train_{spec.name}_loss", stream_ce, on_step=True, on_epoch=False, batch_size=bs)
+        step_loss = torch.stack([loss for _, loss, _ in self._draws]).mean()
+        self.log("train_loss", step_loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False, batch_size=bs)
 
     def configure_gradient_clipping(
         self,
@@ -287,6 +305,7 @@ class PretrainModule(pl.LightningModule):
         for group, values in per_stream.items():  # XLM's averages: the mean of the per-stream values
             self.log(f"valid_{group}_ppl", torch.stack([p for p, _ in values]).mean(), sync_dist=True)
             self.log(f"valid_{group}_acc", torch.stack([a for _, a in values]).mean(), sync_dist=True)
+        self.log("step", float(self.global_step))
 
     def configure_optimizers(self) -> Any:
         """The optimizer over all parameters and, if configured, a per-step LR scheduler."""
@@ -351,11 +370,11 @@ class PretrainModule(pl.LightningModule):
             torch.manual_seed(torch.initial_seed() + rank)
 
     def on_train_batch_start(self, batch: TrainItem, batch_idx: int) -> None:
-        """Log every step at its optimizer step. Lightning logs at `fit_loop.epoch_loop._batches_that_stepped`,
-        which it does not save up to date: on restart it adds one to the saved value, right for a checkpoint saved
-        mid-step, one too many for the one saved at the end of training. A run continued past its `max_steps`
-        (e.g. with another number of processes) then logged every step one too high. One optimizer step per
-        Lightning step here (accumulated micro-batches included), so the logging step is `global_step`."""
+        """Keep Lightning's logging cadence on optimizer steps. `log_every_n_steps` counts
+        `fit_loop.epoch_loop._batches_that_stepped`, which Lightning does not save up to date: on restart it adds
+        one to the saved value, right for a checkpoint saved mid-step, one too many for the one saved at the end of
+        training. It is `global_step` here (one optimizer step per Lightning step, accumulated micro-batches
+        included)."""
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
 
 

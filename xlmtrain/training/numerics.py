@@ -48,7 +48,7 @@ class BadStep:
     """One optimizer step whose numbers were bad."""
 
     step: int
-    """Optimizer step (0-based) that trained on the batch."""
+    """Optimizer step (1-based, as metrics.csv rows and checkpoints count) that trained on the batch."""
     batch: int
     """Global batch counter of the batch source (what `skip_batches` takes)."""
     stream: str
@@ -119,7 +119,7 @@ class NumericsGuard(Callback):
         if trainer.global_step == self._step_at_batch_start or not isinstance(outputs, dict) or "ce" not in outputs:
             return  # mid accumulation (judged with the step's last batch) or not a pretraining step
         spec = pl_module.specs[batch.stream]
-        self._pending.append((trainer.global_step - 1, int(batch.index), spec.name, spec.lang_key,
+        self._pending.append((trainer.global_step, int(batch.index), spec.name, spec.lang_key,
                               outputs["ce"].detach(), self._grad_norm))  # fmt: skip
         self._grad_norm = None
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
@@ -164,7 +164,7 @@ class NumericsGuard(Callback):
         self.check(trainer)
         params = [p.detach() for p in pl_module.parameters()]
         if params and not torch.isfinite(torch.stack(torch._foreach_norm(params))).all():
-            raise NumericsRollback(BadStep(trainer.global_step - 1, -1, "?", "?", math.nan, None,
+            raise NumericsRollback(BadStep(trainer.global_step, -1, "?", "?", math.nan, None,
                                            "non-finite parameters before a checkpoint write"))  # fmt: skip
         checkpoint[CHECKPOINT_KEY] = {"checked_step": trainer.global_step,
                                       "history": {k: list(v) for k, v in self.history.items()}}  # fmt: skip

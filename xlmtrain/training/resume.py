@@ -94,9 +94,10 @@ def truncate_metrics_csv(path: str | os.PathLike, resume_step: int) -> int:
 
     A run killed after its last checkpoint (step ``resume_step``) may have flushed rows for the steps
     it then trained; the resumed run logs those steps again, so without this they would appear twice.
-    Lightning logs training rows of optimizer step ``s + 1`` with ``step == s`` and the validation run
-    after ``s + 1`` steps also with ``step == s``; the resumed run redoes steps ``resume_step + 1`` on,
-    i.e. rows ``step >= resume_step``, and not the validation of ``resume_step`` itself, which is kept.
+    Rows carry the optimizer step they belong to (a training row of step ``s`` is the ``s``-th update, the
+    validation after ``s`` updates also says ``s``, as the checkpoint of that moment does); the resumed run
+    redoes steps ``resume_step + 1`` on, i.e. rows ``step > resume_step``, and not the validation of
+    ``resume_step`` itself, which is kept.
     The file is rewritten atomically; a missing file is left missing.
     """
     path = Path(path)
@@ -106,7 +107,7 @@ def truncate_metrics_csv(path: str | os.PathLike, resume_step: int) -> int:
         reader = csv.DictReader(f)
         fields = list(reader.fieldnames or [])
         rows = list(reader)
-    kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < resume_step]
+    kept = [row for row in rows if not row.get("step") or int(float(row["step"])) <= resume_step]
     if len(kept) == len(rows):
         return 0
     out = io.StringIO()
@@ -141,26 +142,6 @@ class ResumeAgreement(Callback):
                 f"ranks disagree on the checkpoint to resume from: rank 0 chose {chosen}, rank {trainer.global_rank} "
                 f"{self.ckpt_path}; give resume.checkpoint=<path to one .ckpt> to choose for all ranks"
             )
-
-
-class LoggingStepOnResume(Callback):
-    """On a resumed fit, log the next rows at the step the run has reached (row `s` = optimizer step `s + 1`).
-
-    Lightning logs a step's metrics at its count of optimizer steps taken before it (`_batches_that_stepped`) and
-    restores that count from the checkpoint. A checkpoint saved after `fit` returned (the final `last.ckpt`)
-    holds one more than its `global_step`, so a finished run continued with a larger `trainer.max_steps` logged
-    its new rows one step too high; one saved mid-step holds one less, which Lightning corrects. Setting the
-    count to `global_step` (one optimizer, one count per optimizer step, with or without accumulation) is right
-    for both.
-    """
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        # At a batch start the count equals global_step in any run; here the epoch loop's own restart
-        # correction has run, so this is the first moment the restored value can be fixed.
-        if trainer.ckpt_path is not None:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
 class OptimizerSettingsOnResume(Callback):

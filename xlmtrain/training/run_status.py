@@ -126,7 +126,7 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
     rows = metric_rows(run_dir / "metrics.csv")
     step = status.get("step")
     if step is None or status.get("state") in (None, "running"):  # metrics.csv is newer than a running status
-        steps = [int(r["step"]) + 1 for r in rows if "train_loss" in r and "step" in r]
+        steps = [int(r["step"]) for r in rows if "train_loss" in r and "step" in r]
         step = max(steps) if steps else step
     if state is None:
         state = "finished" if (run_dir / "model").is_dir() else "unknown"
