@@ -93,3 +93,13 @@ def tlm_default_run(default_cache_dir: Path, tmp_path_factory: pytest.TempPathFa
 def mlm_default_run(default_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run dir of the default `+recipe=mlm` (same model, steps, lr and tokens per step as `+recipe=tlm`)."""
     return _default_run("mlm", default_cache_dir, tmp_path_factory.mktemp("runs") / "mlm")
+
+
+def indexed_corpus(path: Path, sentences: list[list[int]]) -> IndexedCorpus:  # noqa: F821 (imported inside)
+    """A memory-mapped corpus (uint16) at `path` holding `sentences`, for the iterator tests."""
+    from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
+
+    with IndexedCorpusWriter(path, "uint16") as writer:
+        for s in sentences:
+            writer.add(s)
+    return IndexedCorpus(path)

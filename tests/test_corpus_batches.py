@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import indexed_corpus
 from xlmtrain.data.corpus_batches import ParallelBatches, SentenceBatches, StreamBatches
-from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
-
-
-def _corpus(path, sentences):
-    with IndexedCorpusWriter(path, "uint16") as w:
-        for s in sentences:
-            w.add(s)
-    return IndexedCorpus(path)
+from xlmtrain.data.indexed import IndexedCorpus
 
 
 def test_indexed_layout_and_pickle(tmp_path):
-    c = _corpus(tmp_path / "c", [[20, 21], [], [22]])
+    c = indexed_corpus(tmp_path / "c", [[20, 21], [], [22]])
     assert c.tokens.tolist() == [20, 21, 1, 1, 22, 1]  # every sentence followed by </s>, no leading </s>
     assert len(c) == 3 and c[0].tolist() == [20, 21] and c[1].tolist() == [] and c[-1].tolist() == [22]
     assert c.lengths.tolist() == [2, 0, 1] and isinstance(c.tokens, np.memmap)
@@ -29,7 +23,7 @@ def test_indexed_layout_and_pickle(tmp_path):
 
 
 def test_indexed_rejects_truncated_file(tmp_path):
-    _corpus(tmp_path / "c", [[20, 21]])
+    indexed_corpus(tmp_path / "c", [[20, 21]])
     (tmp_path / "c.tokens").write_bytes(b"\x00\x00")
     with pytest.raises(ValueError, match="c.tokens"):
         IndexedCorpus(tmp_path / "c")
@@ -38,7 +32,7 @@ def test_indexed_rejects_truncated_file(tmp_path):
 def test_stream_matches_xlm_layout(tmp_path):
     # 7 tokens: 10 11 1 12 13 14 1; bs=2, bptt=2 -> 2 chunks, buffer of 8 with one leading </s>:
     # buffer 1 10 11 1 | 12 13 14 1 -> columns, data = </s> row then rows of the columns.
-    c = _corpus(tmp_path / "c", [[10, 11], [12, 13, 14]])
+    c = indexed_corpus(tmp_path / "c", [[10, 11], [12, 13, 14]])
     s = StreamBatches(c, bptt=2, batch_size=2, shuffle=False)
     batches = [x.tolist() for x, _ in s]
     assert batches == [[[1, 1], [1, 12]], [[10, 11], [13, 14]]]
@@ -47,7 +41,7 @@ def test_stream_matches_xlm_layout(tmp_path):
 
 
 def test_sentence_batches_layout(tmp_path):
-    c = _corpus(tmp_path / "c", [[20, 21, 22], [23], [24, 25]])
+    c = indexed_corpus(tmp_path / "c", [[20, 21, 22], [23], [24, 25]])
     batches = list(SentenceBatches(c, batch_size=2, group_by_size=False, shuffle=False, max_len=None))
     (x, lengths), (x2, _) = batches
     assert x.tolist() == [[1, 20, 21, 22, 1], [1, 23, 1, 2, 2]] and lengths.tolist() == [5, 3]
@@ -56,7 +50,7 @@ def test_sentence_batches_layout(tmp_path):
 
 
 def test_tokens_per_batch_and_grouping(tmp_path):
-    c = _corpus(tmp_path / "c", [[20] * 5, [21], [22] * 3, [23]])
+    c = indexed_corpus(tmp_path / "c", [[20] * 5, [21], [22] * 3, [23]])
     # sizes (len+2) 7,3,5,3; sorted stable: idx 1,3,2,0 -> cumsum 3,6,11,18 // 6 = 0,1,1,3
     it = SentenceBatches(c, tokens_per_batch=6, shuffle=False, max_len=None)
     firsts = [x[:, 1].tolist() for x, _ in it]
@@ -64,8 +58,8 @@ def test_tokens_per_batch_and_grouping(tmp_path):
 
 
 def test_parallel_drops_empty_and_long_pairs(tmp_path):
-    a = _corpus(tmp_path / "a", [[20], [], [21, 22], [23] * 5])
-    b = _corpus(tmp_path / "b", [[30], [31], [32], [33]])
+    a = indexed_corpus(tmp_path / "a", [[20], [], [21, 22], [23] * 5])
+    b = indexed_corpus(tmp_path / "b", [[30], [31], [32], [33]])
     it = ParallelBatches(a, b, batch_size=8, max_len=3, shuffle=False, group_by_size=False)
     (x1, l1), (x2, l2) = next(it)
     assert it.n_dropped == 2
@@ -89,7 +83,7 @@ def _flat(b):
 def test_resume_disjoint_ranks_and_determinism(tmp_path, kind):
     rng = np.random.default_rng(0)
     sents = [rng.integers(14, 60, size=rng.integers(1, 9)).tolist() for _ in range(60)]
-    c1, c2 = _corpus(tmp_path / "a", sents), _corpus(tmp_path / "b", sents[::-1])
+    c1, c2 = indexed_corpus(tmp_path / "a", sents), indexed_corpus(tmp_path / "b", sents[::-1])
 
     def make(rank=0, world=1, seed=3):
         if kind == "stream":
@@ -128,7 +122,7 @@ def test_pad_right_by_hand() -> None:
 def test_every_epoch_is_a_new_permutation(tmp_path):
     """Shuffled iterators visit every batch once per epoch, in a different order each epoch (XLM reshuffles
     every epoch): sentence batches and stream batches, 3 epochs each."""
-    c = _corpus(tmp_path / "c", [[20 + i] for i in range(8)])
+    c = indexed_corpus(tmp_path / "c", [[20 + i] for i in range(8)])
     sentences = SentenceBatches(c, batch_size=1, seed=0, shuffle=True, group_by_size=False)
     stream = StreamBatches(c, bptt=2, batch_size=1, seed=0, shuffle=True)
     for it, n in ((sentences, 8), (stream, len(stream))):

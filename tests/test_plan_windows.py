@@ -11,18 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import indexed_corpus
 from xlmtrain.data.corpus_batches import KeyedPermutation, ParallelBatches, SentenceBatches
-from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
+from xlmtrain.data.indexed import IndexedCorpus
 
 N = 300
 MAX_LEN = 10
-
-
-def _corpus(path: Path, sentences: list[list[int]]) -> IndexedCorpus:
-    with IndexedCorpusWriter(path, "uint16") as w:
-        for s in sentences:
-            w.add(s)
-    return IndexedCorpus(path)
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def pair(tmp_path: Path) -> tuple[IndexedCorpus, IndexedCorpus, np.ndarray, np.n
     side1 = [[100 + i] + [20] * (int(n) - 1) for i, n in enumerate(len1)]
     side2 = [[30] * int(n) for n in len2]
     kept = (len1 <= MAX_LEN) & (len2 > 0) & (len2 <= MAX_LEN)
-    return _corpus(tmp_path / "a", side1), _corpus(tmp_path / "b", side2), len1 + len2 + 4, kept
+    return indexed_corpus(tmp_path / "a", side1), indexed_corpus(tmp_path / "b", side2), len1 + len2 + 4, kept
 
 
 def _pairs(c1, c2, **kw) -> ParallelBatches:
@@ -150,7 +144,7 @@ def test_a_corpus_of_one_window_gets_xlm_whole_corpus_plan(pair, sizing, plan_wi
 def test_sentence_batches_window_too(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 15, size=N)
-    c = _corpus(tmp_path / "c", [[100 + i] + [20] * (int(n) - 1) for i, n in enumerate(lengths)])
+    c = indexed_corpus(tmp_path / "c", [[100 + i] + [20] * (int(n) - 1) for i, n in enumerate(lengths)])
     it = SentenceBatches(c, batch_size=4, max_len=MAX_LEN, seed=2, plan_window=32)
     assert it.n_windows == math.ceil(N / 32) and it.n_too_long == int((lengths > MAX_LEN).sum())
     drawn = [i for _ in range(len(it)) for i in (next(it)[0][:, 1] - 100).tolist()]

@@ -10,11 +10,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, indexed_corpus
 from xlmtrain.__main__ import run as run_job
 from xlmtrain.data.corpus_batches import ParallelBatches
 from xlmtrain.data.dictionary import Dictionary
-from xlmtrain.data.indexed import IndexedCorpus, IndexedCorpusWriter
+from xlmtrain.data.indexed import IndexedCorpus
 from xlmtrain.model.config import XLMConfig
 from xlmtrain.model.transformer import XLMTransformer
 from xlmtrain.objectives.batches import concat_pair
@@ -23,13 +23,6 @@ from xlmtrain.objectives.streams import StreamSpec
 from xlmtrain.training.report import read_metrics
 
 E = 1
-
-
-def _corpus(path: Path, sentences: list[list[int]]) -> IndexedCorpus:
-    with IndexedCorpusWriter(path, "uint16") as writer:
-        for s in sentences:
-            writer.add(s)
-    return IndexedCorpus(path)
 
 
 class _Data:
@@ -64,7 +57,7 @@ def _valid(data: _Data, lang: str, *, bptt: int, rows: int, split: str = "valid"
 def test_stream_validation_is_one_column_as_xlm(tmp_path: Path) -> None:
     # Stream: 20 21 22 23 </s> 24 .. 28 </s> 29 30 31 </s> = 15 tokens; one column of 2 chunks of bptt 8 holds 16:
     # 1 leading </s> of padding (XLM's batch size 1), then a row of </s> starts the column, the last token drops.
-    corpus = _corpus(tmp_path / "aa", [[20, 21, 22, 23], [24, 25, 26, 27, 28], [29, 30, 31]])
+    corpus = indexed_corpus(tmp_path / "aa", [[20, 21, 22, 23], [24, 25, 26, 27, 28], [29, 30, 31]])
     rows = _unmasked_rows(_valid(_Data(["aa"], {"aa": corpus}), "aa", bptt=8, rows=3))
     assert rows == [[E, E, 20, 21, 22, 23, E, 24], [25, 26, 27, 28, E, 29, 30, 31]]
     # 16 columns (the old layout) would have padded the column start with 16 * 8 - 15 = 113 scored </s>.
@@ -79,7 +72,7 @@ def test_xlm_limits_subsample_streams_and_cap_pairs(tmp_path: Path) -> None:
     assert xlm_eval_limits(100, "test", "en") == (10, 600)
     # 12 chunks of bptt 4 (48 tokens = 12 sentences of 3 words + </s>) in a 6-language run: chunks 0, 5, 10.
     sentences = [[20 + i, 30 + i, 40 + i] for i in range(12)]
-    corpus = _corpus(tmp_path / "aa", sentences)
+    corpus = indexed_corpus(tmp_path / "aa", sentences)
     data = _Data(["aa", "bb", "cc", "dd", "ee", "ff"], {"aa": corpus})
     column = [E] + [t for s in sentences for t in (*s, E)]  # the column: no padding (48 = 12 * 4)
     chunks = [column[4 * i : 4 * i + 4] for i in range(12)]
@@ -87,8 +80,8 @@ def test_xlm_limits_subsample_streams_and_cap_pairs(tmp_path: Path) -> None:
     assert _unmasked_rows(_valid(data, "aa", bptt=4, rows=2, split="test")) == [chunks[0], chunks[10]]
     assert len(_unmasked_rows(_valid(data, "aa", bptt=4, rows=2, valid_limits="none"))) == 12
     # The pair cap keeps the first kept pairs (an empty side is never kept).
-    side1 = _corpus(tmp_path / "p1", [[20], [], [21], [22]])
-    side2 = _corpus(tmp_path / "p2", [[30], [31], [32], [33]])
+    side1 = indexed_corpus(tmp_path / "p1", [[20], [], [21], [22]])
+    side2 = indexed_corpus(tmp_path / "p2", [[30], [31], [32], [33]])
     pairs = ParallelBatches(
         side1, side2, batch_size=8, max_len=None, group_by_size=False, shuffle=False, max_sentences=2
     )
